@@ -37,6 +37,7 @@ class TrainConfig:
     arch: str = "snapgen-imagenet"   # preset[+delta...] from snapgen.registry
     width: int | None = None         # shrink the architecture to this stage-1 width (smoke scale); None = full size
     data: str = "cifar10"            # "cifar10" (embedded default) or an ImageNet-style image folder
+    train_limit: int | None = None   # use only this many training images (tests, overfitting checks)
     resolution: int = 32             # training images are resized to this (pixels; the UNet runs in pixel space)
     text_encoder: str = "minilm"     # class prompts "a photo of a <name>" go through this encoder (supplement H)
     objective: str = "flow"          # "flow" (Sec. 3.3, Eq. 1-2) or "ddpm" (supplement H ablations)
@@ -130,14 +131,22 @@ def unet_fn(net: torch.nn.Module) -> flow.NetFn:
     return lambda x, timestep, cond: net(x, timestep, cond[0], cond[1])
 
 
-def task_loss(objective) -> Callable:
+def task_loss(objective, adapter: Callable = unet_fn) -> Callable:
     """L_task (Eq. 2, or the DDPM ε-loss): `loss_fn(net, batch, generator) -> dict`."""
 
     def loss_fn(net, batch, generator):
-        terms = objective.loss_terms(unet_fn(net), batch["x0"], batch["cond"], generator)
+        terms = objective.loss_terms(adapter(net), batch["x0"], batch["cond"], generator)
         return {"loss": terms["loss"].mean(), "loss_per_sample": terms["loss"].detach(), "t": terms["t"]}
 
     return loss_fn
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: int) -> float:
+    """EMA in fp32 with diffusers' EMAModel warm-up: decay_n = min(decay, (1 + n) / (10 + n)). Returns decay_n."""
+    decay_n = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay_n)
+    return decay_n
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------------
@@ -148,14 +157,16 @@ def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
     return torch.Generator(device).manual_seed(int(stable_hash([seed, rank, step]), 16) % 2**63)
 
 
-def save_checkpoint(out: Path, net, ema, opt, step: int, nan_skips: int, run_hash: str) -> None:
+def save_checkpoint(out: Path, net, ema, opt, step: int, nan_skips: int, run_hash: str,
+                    extra_modules: dict[str, torch.nn.Module] | None = None) -> None:
     """Write `out/checkpoint` atomically: a new directory is complete before it replaces the last good one."""
     tmp, final, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     net.save_pretrained(tmp / "unet")
     ema.save_pretrained(tmp / "unet_ema")
-    torch.save({"optimizer": opt.state_dict(), "step": step, "nan_skips": nan_skips, "run_hash": run_hash},
-               tmp / "training_state.pt")
+    extra = {name: m.state_dict() for name, m in (extra_modules or {}).items()}
+    torch.save({"optimizer": opt.state_dict(), "step": step, "nan_skips": nan_skips, "run_hash": run_hash,
+                "extra_modules": extra}, tmp / "training_state.pt")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
@@ -170,11 +181,14 @@ def find_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(ckpt: Path, net, ema, opt, run_hash: str) -> tuple[int, int]:
+def load_checkpoint(ckpt: Path, net, ema, opt, run_hash: str,
+                    extra_modules: dict[str, torch.nn.Module] | None = None) -> tuple[int, int]:
     try:
         state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
-        net.load_state_dict(EfficientUNet.from_pretrained(ckpt / "unet").state_dict())
-        ema.load_state_dict(EfficientUNet.from_pretrained(ckpt / "unet_ema").state_dict())
+        net.load_state_dict(type(net).from_pretrained(ckpt / "unet").state_dict())
+        ema.load_state_dict(type(ema).from_pretrained(ckpt / "unet_ema").state_dict())
+        for name, module in (extra_modules or {}).items():
+            module.load_state_dict(state["extra_modules"][name])
     except Exception as e:  # a truncated or foreign file: say which and what to do
         raise RuntimeError(f"cannot read checkpoint {ckpt}: {e}. Delete {ckpt} to start over, or point --out "
                            f"elsewhere.") from e
@@ -189,14 +203,15 @@ def load_checkpoint(ckpt: Path, net, ema, opt, run_hash: str) -> tuple[int, int]
 
 
 @torch.no_grad()
-def validation_loss(net, objective, x0: torch.Tensor, cond, num_t: int, seed: int = 1234) -> dict[str, float]:
+def validation_loss(net, objective, x0: torch.Tensor, cond, num_t: int, seed: int = 1234,
+                    adapter: Callable = unet_fn) -> dict[str, float]:
     """SD3-style validation: a fixed held-out batch, a fixed t grid and fixed noise, so curves are comparable."""
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=g).to(x0.device)
     grid = (torch.arange(num_t) + 0.5) / num_t  # midpoints of num_t equal bins of (0, 1)
     out = {}
     for t in grid.tolist():
-        per = objective.loss_at(unet_fn(net), x0, cond, torch.full((len(x0),), t, device=x0.device), noise)
+        per = objective.loss_at(adapter(net), x0, cond, torch.full((len(x0),), t, device=x0.device), noise)
         out[f"val_loss_t{t:.3f}"] = per.mean().item()
     out["val_loss"] = float(np.mean(list(out.values())))
     return out
@@ -204,13 +219,13 @@ def validation_loss(net, objective, x0: torch.Tensor, cond, num_t: int, seed: in
 
 @torch.no_grad()
 def sample_grid(net, objective, conditioning, class_prompt_idx: list[int], per_class: int, resolution: int,
-                steps: int, cfg: float, seed: int = 0) -> np.ndarray:
+                steps: int, cfg: float, seed: int = 0, adapter: Callable = unet_fn) -> np.ndarray:
     """One row per class, `per_class` samples each, from fixed noise. Returns uint8 (rows*R, per_class*R, 3)."""
     device = conditioning.hidden.device
     idx = torch.tensor(class_prompt_idx, device=device).repeat_interleave(per_class)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(idx), 3, resolution, resolution, generator=g).to(device)
-    x = objective.sample(unet_fn(net), noise, conditioning(idx), conditioning.null(len(idx)), steps=steps,
+    x = objective.sample(adapter(net), noise, conditioning(idx), conditioning.null(len(idx)), steps=steps,
                          guidance=cfg)
     img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # (N, 3, R, R)
     img = img.view(len(class_prompt_idx), per_class, 3, resolution, resolution).permute(0, 3, 1, 4, 2)
@@ -241,11 +256,19 @@ def _log(out: Path, record: dict[str, Any], hooks: Sequence[Callable[[int, dict]
 
 
 def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
-          hooks: Sequence[Callable[[int, dict], None]] = (), progress: bool = True) -> dict[str, Any]:
+          hooks: Sequence[Callable[[int, dict], None]] = (), progress: bool = True,
+          net_factory: Callable[[int], torch.nn.Module] | None = None, adapter: Callable = unet_fn,
+          extra_modules: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
     """Train (or resume) a run in `out`. Returns the final metrics and paths.
 
-    `hooks` are called as `hook(step, metrics)` on rank 0 with every logged record (train and validation): the sweep
-    logs them to MLflow. `loss_fn` defaults to the task loss of `cfg.objective`.
+    Args:
+        hooks: called as `hook(step, metrics)` on rank 0 with every logged record (train and validation): the sweep
+            logs them to MLflow.
+        loss_fn: `loss_fn(net, batch, generator) -> dict(loss=...)`; defaults to the task loss of `cfg.objective`.
+        net_factory: builds the trained network from the text width (a diffusers ModelMixin); default: the
+            `EfficientUNet` of `cfg.unet_config`. With it, `adapter` maps the net to `net_fn(x, timestep, cond)`.
+        extra_modules: further trainable modules (e.g. the KD projector ψ, Eq. 5), optimised and checkpointed with
+            the net; `loss_fn` is expected to use them.
     """
     from PIL import Image
 
@@ -254,14 +277,16 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
     out = Path(out)
     rank, world, device = _dist_info()
     objective = flow.get_objective(cfg.objective)
-    loss_fn = loss_fn or task_loss(objective)
+    loss_fn = loss_fn or task_loss(objective, adapter)
+    extra_modules = extra_modules or {}
 
     if cfg.data == "cifar10":
-        images, labels, names = load_cifar10("train")
+        images, labels, names = load_cifar10("train", limit=cfg.train_limit)
         val_images, val_labels, _ = load_cifar10("test", limit=cfg.val_size)
     else:
         train_set = ImageDataset.image_folder(cfg.data, resolution=cfg.resolution)
-        images, labels, names = train_set.uint8(np.arange(len(train_set))), train_set.labels, train_set.class_names
+        n = min(len(train_set), cfg.train_limit or len(train_set))
+        images, labels, names = train_set.uint8(np.arange(n)), np.asarray(train_set.labels)[:n], train_set.class_names
         pick = np.random.default_rng(cfg.seed).choice(len(images), cfg.val_size, replace=False)  # held out below
         keep = np.setdiff1d(np.arange(len(images)), pick)
         val_images, val_labels, images, labels = images[pick], labels[pick], images[keep], labels[keep]
@@ -273,23 +298,29 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
     val_x0, val_cond = val_batch["x0"].to(device), conditioning(val_batch["prompt_idx"].to(device))
 
     unet_cfg = cfg.unet_config(conditioning.dim)
-    run_hash = stable_hash({"train": dataclasses.asdict(cfg), "unet": unet_cfg.to_dict()})
     torch.manual_seed(cfg.seed)  # initial weights: the same for every rank and every rerun
-    net = EfficientUNet.from_unet_config(unet_cfg).to(device)
+    net = (net_factory(conditioning.dim) if net_factory else EfficientUNet.from_unet_config(unet_cfg)).to(device)
+    for module in extra_modules.values():
+        module.to(device)
+    net_config = dict(net.config) if net_factory else unet_cfg.to_dict()
+    run_hash = stable_hash({"train": dataclasses.asdict(cfg), "net": net_config, "net_class": type(net).__name__,
+                            "extra_modules": sorted(extra_modules)})
     if cfg.grad_checkpointing:
         net.enable_gradient_checkpointing()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    trainable = list(net.parameters()) + [p for m in extra_modules.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
     step, nan_skips = 0, 0
     out.mkdir(parents=True, exist_ok=True)
     ckpt = find_checkpoint(out)
     if ckpt is not None:
-        step, nan_skips = load_checkpoint(ckpt, net, ema, opt, run_hash)
+        step, nan_skips = load_checkpoint(ckpt, net, ema, opt, run_hash, extra_modules)
         if rank == 0:
             print(f"resuming {out} at step {step}", file=sys.stderr)
     if rank == 0:
-        save_yaml({"train": dataclasses.asdict(cfg), "unet": unet_cfg.to_dict(), "run_hash": run_hash,
+        save_yaml({"train": dataclasses.asdict(cfg), "unet": net_config, "net_class": type(net).__name__,
+                   "run_hash": run_hash,
                    "text_len": conditioning.hidden.shape[1]}, out / "config.yaml")
         _truncate_log(out / "metrics.jsonl", step)  # lines past the checkpoint will be written again
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
@@ -304,8 +335,9 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
     def evaluate(step: int) -> dict[str, float]:
         net.eval()
         with autocast:
-            metrics = validation_loss(net, objective, val_x0, val_cond, cfg.val_timesteps)
-            metrics["val_loss_ema"] = validation_loss(ema, objective, val_x0, val_cond, cfg.val_timesteps)["val_loss"]
+            metrics = validation_loss(net, objective, val_x0, val_cond, cfg.val_timesteps, adapter=adapter)
+            metrics["val_loss_ema"] = validation_loss(ema, objective, val_x0, val_cond, cfg.val_timesteps,
+                                                      adapter=adapter)["val_loss"]
         net.train()
         return metrics
 
@@ -313,7 +345,7 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
         first_prompts = [int(data.first_prompt[k]) for k in range(len(names))]
         with autocast:
             grid = sample_grid(ema, objective, conditioning, first_prompts, cfg.samples_per_class, cfg.resolution,
-                               cfg.sample_steps, cfg.sample_cfg)
+                               cfg.sample_steps, cfg.sample_cfg, adapter=adapter)
         path = out / "samples" / f"step_{step:07d}.png"
         path.parent.mkdir(exist_ok=True)
         Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
@@ -342,7 +374,7 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
                 break
             (loss / cfg.grad_accum).backward()
             losses.append(loss.item())
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip else float("inf"))
         if not finite or not torch.isfinite(grad_norm):
             # NaN guard: skip the update, keep count, stop past the limit with the step where it happened.
             opt.zero_grad(set_to_none=True)
@@ -354,9 +386,7 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
         else:
             opt.step()
             opt.zero_grad(set_to_none=True)
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+            ema_update(ema, net, cfg.ema_decay, step)
         step += 1
         bar.update(1)
         if rank == 0:
@@ -374,11 +404,12 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
                 write_grid(step)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             if rank == 0:
-                save_checkpoint(out, net, ema, opt, step, nan_skips, run_hash)
+                save_checkpoint(out, net, ema, opt, step, nan_skips, run_hash, extra_modules)
             if world > 1:
                 dist.barrier()
     bar.close()
-    result = {**last, "step": step, "out": str(out), "unet_config": unet_cfg, "nan_skips": nan_skips}
+    result = {**last, "step": step, "out": str(out), "unet_config": None if net_factory else unet_cfg,
+              "nan_skips": nan_skips}
     if rank == 0:
         grid = out / "samples" / f"step_{step:07d}.png"
         result["sample_grid"] = str(grid if grid.exists() else write_grid(step))

@@ -1,0 +1,129 @@
+"""Figures: our numbers with the paper's stated values annotated.
+
+    python -m reports.figures fig3 [--efficiency-only] [--latent 128] [--from-json WALK.json] [--out PATH]
+
+fig3: per step of `snapgen.registry.walk('fig3')`, params and GFLOPs (ours, attention counted) as bars, each
+annotated with our delta vs. its parent and the delta Sec. 3.1 states. Without `--efficiency-only` it adds the
+quality/latency panels of `WALK_METRIC_PANELS`, filled from the MLflow `unet-ablation` runs named by step (a panel
+with no runs says so). `--from-json` reuses the output of `python -m snapgen.profile walk fig3 --json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+
+from reports.paper import FIG3_STEPS  # noqa: E402
+
+DEFAULT_FIG3_OUT = Path("reports/figures/fig3.png")
+EXPERIMENT_UNET_ABLATION = "unet-ablation"  # ARCHITECTURE.md MLflow schema
+
+# The hook for quality and latency: (MLflow metric, panel title, paper field of Fig3Step giving the stated value,
+# whether that field is a delta in percent). Add a tuple here and the panel appears, filled from MLflow.
+WALK_METRIC_PANELS: list[tuple[str, str, str | None, bool]] = [
+    ("fid", "FID (ImageNet 256, lower is better)", "fid", False),
+    ("latency_ms", "latency (ms)", "latency_delta_pct", True),
+]
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.0f}%"
+
+
+def _bar_panel(ax, steps: list[str], values: list[float | None], title: str, ours_delta: list[float | None],
+               paper_text: list[str]) -> None:
+    """Bars of `values` (missing ones left empty), each labelled 'ours Δ / paper Δ'."""
+    xs = range(len(steps))
+    heights = [v if v is not None else 0.0 for v in values]
+    bars = ax.bar(xs, heights, color=["#4c72b0" if v is not None else "#dddddd" for v in values])
+    top = max(heights) if any(heights) else 1.0
+    for bar, value, delta, paper in zip(bars, values, ours_delta, paper_text):
+        label = "missing" if value is None else f"{value:.4g}\nours {_fmt_pct(delta)}"
+        if paper:
+            label += f"\npaper {paper}"
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02 * top, label,
+                ha="center", va="bottom", fontsize=7)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks(list(xs), steps, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, top * 1.45)
+
+
+def _walk_metrics(tracking_uri: str | None) -> tuple[dict[str, dict[str, float]], str | None]:
+    from reports.tables import read_mlflow_runs
+
+    return read_mlflow_runs(EXPERIMENT_UNET_ABLATION, tracking_uri)
+
+
+def fig3(rows: list[dict], out: Path, efficiency_only: bool = False, tracking_uri: str | None = None,
+         latent: int | None = None) -> Path:
+    """Draw Fig. 3 from walk rows (`snapgen.profile.profile_walk('fig3', ...)`) and save it to `out` (PNG)."""
+    steps = [r["step"] for r in rows]
+    panels = [] if efficiency_only else WALK_METRIC_PANELS
+    n_rows = 1 + (len(panels) + 1) // 2  # params | GFLOPs on the first row, the metric panels two a row below
+    fig, grid = plt.subplots(n_rows, 2, figsize=(13, 5.5 * n_rows), squeeze=False)
+    axes = grid.flatten()
+    for unused in axes[2 + len(panels):]:
+        unused.set_visible(False)
+    paper = [FIG3_STEPS.get(s) for s in steps]
+    _bar_panel(axes[0], steps, [r["params_m"] for r in rows], "params (M)", [r["d_params_pct"] for r in rows],
+               [_fmt_pct(p.params_delta_pct) if p and p.params_delta_pct is not None else "" for p in paper])
+    flops_title = "GFLOPs (attention counted)" + (f", {latent}x{latent} latent" if latent else "")
+    _bar_panel(axes[1], steps, [r["gflops"] for r in rows], flops_title, [r["d_gflops_pct"] for r in rows],
+               [_fmt_pct(p.flops_delta_pct) if p and p.flops_delta_pct is not None else "" for p in paper])
+
+    if panels:
+        runs, why = _walk_metrics(tracking_uri)
+        parent_of = {r["step"]: r["parent"] for r in rows}
+        for ax, (metric, title, paper_field, is_delta) in zip(axes[2:], panels):
+            values = [runs.get(s, {}).get(metric) for s in steps]
+            deltas = []
+            for s, v in zip(steps, values):
+                parent_value = runs.get(parent_of[s], {}).get(metric) if parent_of[s] else None
+                deltas.append(100 * (v - parent_value) / parent_value if v is not None and parent_value else None)
+            paper_text = []
+            for p in paper:
+                stated = getattr(p, paper_field, None) if p and paper_field else None
+                paper_text.append("" if stated is None else (_fmt_pct(stated) if is_delta else f"{stated:g}"))
+            _bar_panel(ax, steps, values, title, deltas, paper_text)
+            if all(v is None for v in values):
+                ax.text(0.5, 0.6, f"no MLflow data yet:\n{why or 'no runs with metric ' + metric}", ha="center",
+                        va="center", transform=ax.transAxes, fontsize=8, wrap=True, color="#aa0000")
+    fig.suptitle("Fig. 3 walk: ours (bars) with the deltas the paper states (Sec. 3.1)", fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reports.figures", description=__doc__.split("\n\n")[0])
+    parser.add_argument("figure", choices=["fig3"])
+    parser.add_argument("--efficiency-only", action="store_true", help="params/FLOPs panels only (no MLflow)")
+    parser.add_argument("--latent", type=int, default=128, help="latent side for FLOPs (paper: 128)")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="walk rows from `python -m snapgen.profile walk fig3 --json` instead of profiling now")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--out", type=Path, default=DEFAULT_FIG3_OUT)
+    args = parser.parse_args(argv)
+    if args.from_json:
+        data = json.loads(args.from_json.read_text())
+        rows, latent = data["steps"], data.get("latent")
+    else:
+        from snapgen.profile import profile_walk
+
+        rows, latent = profile_walk("fig3", args.latent), args.latent
+    path = fig3(rows, args.out, efficiency_only=args.efficiency_only, tracking_uri=args.tracking_uri, latent=latent)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""The paper's tables with our numbers beside them.
+
+    python -m reports.tables table1|table2|table3|kd [--format md|csv|tex] [--efficiency-only] [--tracking-uri URI]
+
+Each table is built by one function returning a `Table`: a pandas DataFrame with one row per model (the paper's
+rows, then ours) and a `source` column saying where each row's numbers come from, plus footnotes. Our rows come from
+two places:
+- `--efficiency-only`: params/FLOPs measured now by `snapgen.profile` (no MLflow); quality columns left missing;
+- otherwise: the latest run of each of our models in MLflow (experiment/run names of ARCHITECTURE.md), read-only.
+A value we do not have is rendered "—" and a footnote says why; that is never an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from reports import paper
+
+MISSING = "—"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"  # ARCHITECTURE.md: MLflow schema
+
+# MLflow schema (ARCHITECTURE.md). Kept here until ablations/tracking.py exists; then import from there.
+EXPERIMENT_IMAGENET = "imagenet"
+EXPERIMENT_DECODER = "decoder"
+EXPERIMENT_T2I = "t2i-evals"
+EXPERIMENT_KD = "kd-ablation"
+
+# Our models as the registry / MLflow run names know them.
+OURS_IMAGENET = "snapgen-imagenet"
+OURS_T2I = "snapgen-t2i"
+OURS_TINY_DECODER = "tiny"
+
+COLUMN_FORMATS = {"clip": ".3f", "dpg": ".1f"}  # decimals as the paper prints them; other floats ".2f"
+COLUMN_HEADERS = {
+    "params_m": "Param (M)", "params_b": "Param (B)", "gflops": "FLOPs (G)", "fid": "FID", "psnr": "PSNR",
+    "ch": "Ch", "latency_ms": "Latency (ms)", "throughput": "Throughput", "geneval": "GenEval", "dpg": "DPG",
+    "clip": "CLIP", "image_reward": "ImageReward", "components": "KD components",
+}
+
+TABLE1_LATENT = 32  # ImageNet 256px through an f=8 AE -> 32x32 latent (Table 1: "one forward pass")
+TABLE2_LATENT = 128  # Table 2: "decoding a 128x128 latent into a 1024x1024 image"
+
+
+@dataclass
+class Table:
+    """A rendered-to-be table: `frame` (missing = None/NaN) and footnotes explaining the missing values."""
+
+    name: str
+    title: str
+    key: str  # the column naming each row (footnotes refer to rows by it)
+    frame: pd.DataFrame = field(default_factory=pd.DataFrame)
+    footnotes: list[str] = field(default_factory=list)
+    marks: dict[str, list[int]] = field(default_factory=dict)  # row name -> its footnote numbers (1-based)
+
+    def note(self, row: str, text: str) -> None:
+        """Footnote `text` on row `row`; rows with the same reason share one footnote."""
+        if text not in self.footnotes:
+            self.footnotes.append(text)
+        number = self.footnotes.index(text) + 1
+        if number not in self.marks.setdefault(row, []):
+            self.marks[row].append(number)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MLflow (read-only)
+
+
+def resolve_tracking_uri(tracking_uri: str | None) -> str:
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def read_mlflow_runs(experiment: str, tracking_uri: str | None) -> tuple[dict[str, dict[str, float]], str | None]:
+    """Latest metrics of each run name in `experiment`: ({run_name: {metric: value}}, why empty or None).
+
+    A sqlite URI whose file does not exist is not created (MLflow would create it): we report it missing instead.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        db_path = Path(uri.removeprefix("sqlite:///"))
+        if not db_path.is_file():
+            return {}, f"no MLflow database at {db_path} (tracking URI {uri})"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return {}, f"no MLflow experiment {experiment!r} at {uri}"
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    except Exception as error:  # noqa: BLE001 - any tracking failure becomes a footnote, not a crash
+        return {}, f"could not read MLflow at {uri}: {type(error).__name__}: {error}"
+    latest: dict[str, dict[str, float]] = {}
+    for run in runs:  # newest first: keep the first seen per run name
+        name = run.info.run_name
+        if name not in latest and run.info.status == "FINISHED":
+            tags = {f"_tag_{k}": v for k, v in run.data.tags.items()}  # e.g. _tag_device, _tag_latency_backend
+            latest[name] = {**dict(run.data.metrics), "_run_id": run.info.run_id, **tags}
+    return latest, None if latest else f"no finished runs in MLflow experiment {experiment!r} at {uri}"
+
+
+def _fill_from_mlflow(
+    table: Table, row: dict, experiment: str, run_name: str, columns: dict[str, str], tracking_uri: str | None,
+    cache: dict,
+) -> dict | None:
+    """Fill `row[column]` from metric `columns[column]` of the latest run `run_name`; footnote what is missing.
+
+    Returns the run's metrics (None when there is no such run)."""
+    if experiment not in cache:
+        cache[experiment] = read_mlflow_runs(experiment, tracking_uri)
+    runs, why = cache[experiment]
+    run = runs.get(run_name)
+    if run is None:
+        table.note(row[table.key], why or f"no finished run named {run_name!r} in {experiment!r}")
+        return None
+    row["source"] = f"ours: MLflow {experiment}/{run_name} (run {run['_run_id'][:8]})"
+    absent = []
+    for column, metric in columns.items():
+        value = run.get(metric)
+        row[column] = value
+        if value is None:
+            absent.append(metric)
+    if absent:
+        table.note(row[table.key], f"run {run['_run_id'][:8]} has no metric {', '.join(absent)}")
+    return run
+
+
+def _efficiency_only_note(table: Table, row_name: str, columns: list[str]) -> None:
+    table.note(row_name, f"{', '.join(columns)} not read (--efficiency-only measures params/FLOPs only)")
+
+
+def _try(table: Table, row_name: str, what: str, fn: Callable[[], Any]) -> Any:
+    """Run `fn`; on failure leave the values missing and footnote why (e.g. a model not written yet)."""
+    try:
+        return fn()
+    except Exception as error:  # noqa: BLE001 - a missing piece of ours is a footnote, not an error
+        table.note(row_name, f"{what} unavailable: {type(error).__name__}: {str(error).splitlines()[0][:160]}")
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def table1(efficiency_only: bool = False, tracking_uri: str | None = None) -> Table:
+    """Table 1 (ImageNet 256, class-conditional): the paper's rows and our `snapgen-imagenet`."""
+    rows = [{**r, "source": f"paper, {r.pop('source')}"} for r in paper.rows_as_dicts(paper.TABLE1)]
+    table = Table("table1", "Table 1. Class-conditional ImageNet 256x256; FLOPs for one forward pass", key="model")
+    ours = {"model": f"Ours ({OURS_IMAGENET}, this repo)", "params_m": None, "gflops": None, "fid": None,
+            "source": "ours"}
+    if efficiency_only:
+        from snapgen import profile
+
+        result = _try(table, ours["model"], "params/FLOPs",
+                      lambda: profile.profile_unet(OURS_IMAGENET, TABLE1_LATENT))
+        if result is not None:
+            ours.update(params_m=result["params_m"], gflops=result["gflops"],
+                        source=f"ours: snapgen.profile, fvcore + SDPA handler, {TABLE1_LATENT}x{TABLE1_LATENT} latent")
+        _efficiency_only_note(table, ours["model"], ["fid"])
+    else:
+        _fill_from_mlflow(table, ours, EXPERIMENT_IMAGENET, OURS_IMAGENET,
+                          {"params_m": "params_m", "gflops": "gflops", "fid": "fid"}, tracking_uri, {})
+    table.frame = pd.DataFrame(rows + [ours])
+    return table
+
+
+def _tiny_decoder_profile(latent: int) -> dict:
+    """Params / fvcore GFLOPs of our TinyDecoder (Sec. 3.2), when `snapgen.models.decoder` exists."""
+    import importlib
+
+    import torch
+
+    from snapgen import profile
+
+    module = importlib.import_module("snapgen.models.decoder")
+    decoder = module.TinyDecoder().eval()
+    channels = getattr(decoder, "latent_channels", None) or getattr(getattr(decoder, "config", None),
+                                                                      "latent_channels", 16)
+    flops = profile.count_flops(decoder, (torch.randn(1, channels, latent, latent),))
+    return {"params_m": profile.count_params(decoder) / 1e6, "gflops": flops["gflops_fvcore_default"]}
+
+
+def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Table:
+    """Table 2 (decoders): the paper's rows and ours (SDXL / SD3 decoders as built here, our TinyDecoder)."""
+    rows = []
+    for r in paper.rows_as_dicts(paper.TABLE2):
+        rows.append({"decoder": r["decoder"], "ch": r["latent_channels"], "psnr": r["psnr"],
+                     "params_m": r["params_m"], "gflops": r["gflops"],
+                     "latency_ms": f"ANE {r['latency_ane_ms'] if r['latency_ane_ms'] is not None else MISSING}, "
+                                   f"GPU {r['latency_gpu_ms'] if r['latency_gpu_ms'] is not None else MISSING}",
+                     "source": f"paper, {r['source']} (latency: iPhone 15 Pro)"})
+    table = Table("table2", f"Table 2. Decoders; FLOPs decoding a {TABLE2_LATENT}x{TABLE2_LATENT} latent "
+                  "(fvcore as shipped, attention not counted, as the paper's numbers)", key="decoder")
+    ours_rows = [
+        {"decoder": "SDXL (ours, diffusers AutoencoderKL)", "ch": 4, "_arch": "sdxl", "_run": "sdxl"},
+        {"decoder": "SD3 (ours, diffusers AutoencoderKL)", "ch": 16, "_arch": "sd3", "_run": "sd3"},
+        {"decoder": "Ours (TinyDecoder, this repo)", "ch": 16, "_arch": None, "_run": OURS_TINY_DECODER},
+    ]
+    cache: dict = {}
+    for ours in ours_rows:
+        arch, run_name = ours.pop("_arch"), ours.pop("_run")
+        ours.update(psnr=None, params_m=None, gflops=None, latency_ms=None, source="ours")
+        if efficiency_only:
+            from snapgen import profile
+
+            if arch is not None:
+                print(f"counting {arch} decoder FLOPs at {TABLE2_LATENT}x{TABLE2_LATENT} (minutes on CPU)...",
+                      file=sys.stderr)
+                result = _try(table, ours["decoder"], "params/FLOPs",
+                              lambda a=arch: profile.profile_decoder(a, TABLE2_LATENT))
+                if result is not None:
+                    ours.update(params_m=result["params_m"], gflops=result["gflops_fvcore_default"])
+            else:
+                result = _try(table, ours["decoder"], "TinyDecoder (snapgen.models.decoder)",
+                              lambda: _tiny_decoder_profile(TABLE2_LATENT))
+                if result is not None:
+                    ours.update(result)
+            if result is not None:
+                ours["source"] = f"ours: snapgen.profile, fvcore default, {TABLE2_LATENT}x{TABLE2_LATENT} latent"
+            _efficiency_only_note(table, ours["decoder"], ["psnr", "latency_ms"])
+        else:
+            _fill_from_mlflow(table, ours, EXPERIMENT_DECODER, run_name,
+                              {"psnr": "psnr", "params_m": "params_m", "gflops": "gflops",
+                               "latency_ms": "latency_ms"}, tracking_uri, cache)
+    table.frame = pd.DataFrame(rows + ours_rows)
+    return table
+
+
+def table3(efficiency_only: bool = False, tracking_uri: str | None = None) -> Table:
+    """Table 3 (T2I benchmarks): the paper's rows and our `snapgen-t2i`."""
+    rows = [{**r, "source": f"paper, {r.pop('source')}"} for r in paper.rows_as_dicts(paper.TABLE3)]
+    table = Table("table3", "Table 3. T2I benchmarks (params: UNet/DiT backbone, billions)", key="model")
+    ours = {"model": f"Ours ({OURS_T2I}, this repo)", "params_b": None, "throughput": None, "geneval": None,
+            "dpg": None, "clip": None, "image_reward": None, "source": "ours"}
+    if efficiency_only:
+        def count() -> float:
+            from snapgen import profile
+            from snapgen.models import EfficientUNet
+            from snapgen.registry import resolve
+
+            return profile.count_params(EfficientUNet.from_unet_config(resolve(OURS_T2I))) / 1e9
+
+        params_b = _try(table, ours["model"], "params", count)
+        if params_b is not None:
+            ours.update(params_b=params_b, source="ours: snapgen.profile.count_params")
+        _efficiency_only_note(table, ours["model"], ["throughput", "geneval", "dpg", "clip", "image_reward"])
+    else:
+        run = _fill_from_mlflow(table, ours, EXPERIMENT_T2I, OURS_T2I,
+                                {"throughput": "throughput", "geneval": "geneval_overall", "dpg": "dpg_overall",
+                                 "clip": "clip_score", "image_reward": "image_reward"}, tracking_uri, {})
+        if run is not None and run.get("params_m") is not None:
+            ours["params_b"] = run["params_m"] / 1e3
+    table.frame = pd.DataFrame(rows + [ours])
+    return table
+
+
+def kd_table(efficiency_only: bool = False, tracking_uri: str | None = None) -> Table:
+    """Supplement Table 3 (KD ablation): the paper's rows and ours, one per KD toggle set."""
+    table = Table("kd", "Supplement Table 3. KD components (GenEval, ImageReward)", key="components")
+    rows, cache = [], {}
+    for r in paper.SUPP_TABLE3_KD:
+        rows.append({"components": r.name, "geneval": r.geneval, "image_reward": r.image_reward,
+                     "source": f"paper, {r.source}"})
+    for r in paper.SUPP_TABLE3_KD:
+        ours = {"components": f"{r.name} (ours)", "geneval": None, "image_reward": None, "source": "ours"}
+        if efficiency_only:
+            _efficiency_only_note(table, ours["components"], ["geneval", "image_reward"])
+        else:
+            _fill_from_mlflow(table, ours, EXPERIMENT_KD, r.name,
+                              {"geneval": "geneval_overall", "image_reward": "image_reward"}, tracking_uri, cache)
+        rows.append(ours)
+    table.frame = pd.DataFrame(rows)
+    return table
+
+
+TABLES: dict[str, Callable[..., Table]] = {"table1": table1, "table2": table2, "table3": table3, "kd": kd_table}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _display_frame(table: Table) -> pd.DataFrame:
+    """Numbers formatted, missing values as MISSING, a footnote mark on rows that have footnotes."""
+
+    def fmt(value: Any, column: str, is_paper: bool) -> str:
+        if _is_missing(value):
+            return MISSING
+        if isinstance(value, float):
+            if is_paper and value.is_integer():
+                return f"{value:.0f}"  # as the paper prints it (400, 4970)
+            return format(value, COLUMN_FORMATS.get(column, ".2f"))
+        return str(value)
+
+    frame = table.frame.astype(object).copy()
+    is_paper = [str(source).startswith("paper") for source in frame["source"]]
+    for column in frame.columns:
+        frame[column] = [fmt(v, column, p) for v, p in zip(frame[column], is_paper)]
+    key, marks = table.key, table.marks
+    frame[key] = [f"{name} [{','.join(map(str, marks[name]))}]" if name in marks else name for name in frame[key]]
+    return frame.rename(columns=COLUMN_HEADERS)
+
+
+def render(table: Table, fmt: str = "md") -> tuple[str, str]:
+    """(table text, footnote text) in `fmt` ('md' | 'csv' | 'tex')."""
+    frame = _display_frame(table)
+    notes = [f"[{i}] {text}" for i, text in enumerate(table.footnotes, 1)]
+    if fmt == "md":
+        body = f"**{table.title}**\n\n" + frame.to_markdown(index=False, disable_numparse=True)
+        return body, "\n".join(notes)
+    if fmt == "csv":
+        return frame.to_csv(index=False).rstrip("\n"), "\n".join(notes)
+    if fmt == "tex":
+        body = frame.to_latex(index=False, escape=True, caption=table.title, label=f"tab:{table.name}")
+        return body.rstrip("\n"), "\n".join(f"% {n}" for n in notes)
+    raise ValueError(f"unknown format {fmt!r}; valid: md, csv, tex")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reports.tables", description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", choices=list(TABLES))
+    parser.add_argument("--format", default="md", choices=["md", "csv", "tex"])
+    parser.add_argument("--efficiency-only", action="store_true",
+                        help="measure params/FLOPs now instead of reading MLflow; quality columns stay missing")
+    parser.add_argument("--tracking-uri", default=None,
+                        help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
+    args = parser.parse_args(argv)
+    table = TABLES[args.table](efficiency_only=args.efficiency_only, tracking_uri=args.tracking_uri)
+    body, notes = render(table, args.format)
+    print(body)
+    if notes:
+        # CSV stays machine-readable: its footnotes go to stderr.
+        print(("" if args.format == "csv" else "\n") + notes, file=sys.stderr if args.format == "csv" else sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

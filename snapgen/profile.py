@@ -1,0 +1,430 @@
+"""Efficiency accounting: parameters, FLOPs (fvcore) and latency, with a CLI.
+
+Conventions (as the paper, Sec. 3.1 / Fig. 3 / Tables 1-2):
+- one multiply-add = one FLOP, fvcore's convention;
+- `gflops` counts attention through a handler for `aten::scaled_dot_product_attention` (QK^T plus AV);
+  `gflops_fvcore_default` is fvcore as shipped, which skips that op (the paper's decoder numbers match this);
+- latency is the median of timed repeats after warm-up, synchronised on CUDA, tagged with backend and device.
+
+CLI:
+    python -m snapgen.profile unet --arch snapgen-imagenet --latent 32 [--batch 1] [--latency] [--json]
+    python -m snapgen.profile decoder --arch sd3 --latent 128 [--json]
+    python -m snapgen.profile walk fig3 --latent 128 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import statistics
+import sys
+import time
+import warnings
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+# Tolerance for the Fig. 3 walk check: our delta% may differ from the paper's by this many percentage points.
+WALK_TOLERANCE_PP = 2.0
+
+SDPA_OPS = ("aten::scaled_dot_product_attention",)
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of parameters of `module` (each shared tensor counted once)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def sdpa_flop_jit(inputs: list, outputs: list) -> int:
+    """fvcore handler for `aten::scaled_dot_product_attention`: multiply-adds of QK^T plus AV.
+
+    For query (*batch_q, Lq, d), key (*batch_k, Lk, d), value (*batch_v, Lk, d_v) and output (*batch, Lq, d_v),
+    the count is prod(batch) * Lq * Lk * (d + d_v). `batch` is taken from the output, so it is the broadcast batch:
+    MQA (key/value with 1 head, broadcast over the query heads), GQA (`enable_gqa=True`) and key/value expanded to
+    every head all count the same work, once per query head. Softmax, scaling and masking are not counted (fvcore
+    counts no elementwise op either).
+    """
+    from fvcore.nn.jit_handles import get_shape
+
+    query_shape, key_shape, value_shape = (get_shape(v) for v in inputs[:3])
+    output_shape = get_shape(outputs[0])
+    if None in (query_shape, key_shape, value_shape, output_shape):
+        raise RuntimeError("scaled_dot_product_attention traced without complete shapes; cannot count its FLOPs")
+    *batch, lq, d = query_shape
+    lk, d_v = key_shape[-2], value_shape[-1]
+    if output_shape[-2:] != [lq, d_v]:
+        raise RuntimeError(f"unexpected SDPA shapes q={query_shape} k={key_shape} v={value_shape} out={output_shape}")
+    return math.prod(output_shape[:-2]) * lq * lk * (d + d_v)
+
+
+class _TraceAdapter(nn.Module):
+    """Lets fvcore's jit trace call `module` with keyword arguments and see a plain tensor output.
+
+    Tensor inputs become positional trace inputs; with `tensor_keys` they are passed to `module` as those keywords,
+    without, positionally. Other keyword values (None, ints, bools) are passed through unchanged. A tuple/list output
+    gives its first element, a diffusers `BaseOutput` its `sample`.
+    """
+
+    def __init__(self, module: nn.Module, tensor_keys: list[str] | None, static_kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.module = module
+        self.tensor_keys = tensor_keys
+        self.static_kwargs = static_kwargs
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        if self.tensor_keys is None:
+            output = self.module(*tensors, **self.static_kwargs)
+        else:
+            output = self.module(**dict(zip(self.tensor_keys, tensors)), **self.static_kwargs)
+        if hasattr(output, "sample"):
+            output = output.sample
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        return output
+
+
+def count_flops(module: nn.Module, inputs: tuple | Mapping[str, Any]) -> dict[str, Any]:
+    """FLOPs (multiply-adds) of one forward pass, by fvcore `FlopCountAnalysis`.
+
+    The forward is traced with `torch.jit.trace`, which executes it: at a 128x128 latent a baseline decoder takes
+    minutes on a 2-core CPU. fvcore's warnings about ops it does not count are silenced; the ops are returned.
+
+    Args:
+        module (`nn.Module`): put in eval mode for the count (restored afterwards).
+        inputs (`tuple` of tensors, or `dict` of keyword arguments): what `module` is called with.
+
+    Returns:
+        `dict` with
+        - `gflops` (`float`): GFLOPs with attention counted (`sdpa_flop_jit`);
+        - `gflops_fvcore_default` (`float`): GFLOPs as fvcore ships (SDPA not counted);
+        - `gflops_attention` (`float`): the SDPA part, `gflops - gflops_fvcore_default`;
+        - `by_operator` (`dict[str, float]`): GFLOPs per counted op;
+        - `skipped_ops` (`dict[str, int]`): ops fvcore did not count in `gflops`, with how often they ran
+          (`gflops_fvcore_default` additionally skips `aten::scaled_dot_product_attention`).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fvcore's import calls the deprecated torch.jit.script
+        from fvcore.nn import FlopCountAnalysis
+
+    if isinstance(inputs, Mapping):
+        tensor_keys = [k for k, v in inputs.items() if isinstance(v, torch.Tensor)]
+        static_kwargs = {k: v for k, v in inputs.items() if not isinstance(v, torch.Tensor)}
+        trace_inputs = tuple(inputs[k] for k in tensor_keys)
+        traced: nn.Module = _TraceAdapter(module, tensor_keys, static_kwargs)
+    elif isinstance(inputs, tuple):
+        traced, trace_inputs = _TraceAdapter(module, None, {}), inputs
+    else:
+        raise TypeError(
+            f"inputs must be a tuple of tensors or a dict of keyword arguments, got {type(inputs).__name__}"
+        )
+
+    was_training = module.training
+    module.eval()
+    fvcore_logger = logging.getLogger("fvcore.nn.jit_analysis")
+    previous_level = fvcore_logger.level
+    try:
+        fvcore_logger.setLevel(logging.ERROR)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings of jit.trace say nothing about counts
+            analysis = FlopCountAnalysis(traced, trace_inputs)
+            for op in SDPA_OPS:
+                analysis.set_op_handle(op, sdpa_flop_jit)
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            analysis.tracer_warnings("none")
+            total = analysis.total()
+            by_operator = dict(analysis.by_operator())
+            skipped = dict(analysis.unsupported_ops())
+    finally:
+        fvcore_logger.setLevel(previous_level)
+        module.train(was_training)
+
+    attention = sum(v for k, v in by_operator.items() if "scaled_dot_product_attention" in k)
+    return {
+        "gflops": total / 1e9,
+        "gflops_fvcore_default": (total - attention) / 1e9,
+        "gflops_attention": attention / 1e9,
+        "by_operator": {k: v / 1e9 for k, v in sorted(by_operator.items())},
+        "skipped_ops": dict(sorted(skipped.items())),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_latency(
+    fn: Callable[[], Any],
+    warmup: int = 3,
+    repeats: int = 10,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> dict[str, Any]:
+    """Wall-clock latency of `fn()`: `warmup` untimed calls, then `repeats` timed ones.
+
+    On CUDA every call is followed by `torch.cuda.synchronize()` so the time covers the kernels, not their launch.
+
+    Args:
+        fn: the work, with its inputs already bound (e.g. `lambda: net(**inputs)` under `torch.no_grad()`).
+        warmup (`int`): untimed calls first (allocator, cuDNN autotune, lazy init).
+        repeats (`int`): timed calls, >= 1.
+        device: where `fn` runs ('cpu', 'cuda', 'cuda:1').
+        dtype: the compute dtype, recorded as given (default: torch's default dtype).
+
+    Returns:
+        `dict(median_ms, p10, p90, mean_ms, repeats, backend='torch-cpu'|'torch-cuda', device=<CPU model | GPU name>,
+        dtype)`; p10/p90 in ms.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device}")
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times_ms = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times_ms.append((time.perf_counter() - start) * 1e3)
+    deciles = statistics.quantiles(times_ms, n=10, method="inclusive") if repeats > 1 else [times_ms[0]] * 9
+    return {
+        "median_ms": statistics.median(times_ms),
+        "p10": deciles[0],
+        "p90": deciles[-1],
+        "mean_ms": statistics.fmean(times_ms),
+        "repeats": repeats,
+        "backend": f"torch-{device.type}",
+        "device": _device_name(device),
+        "dtype": str(dtype if dtype is not None else torch.get_default_dtype()).replace("torch.", ""),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Profiles of the project's models (used by the CLI, reports.tables and reports.figures).
+
+
+def profile_unet_config(cfg, latent: int, batch: int = 1, latency: bool = False, device: str = "cpu") -> dict:
+    """Params and FLOPs (and optionally latency) of `EfficientUNet.from_unet_config(cfg)` at a latent x latent input."""
+    from snapgen.models import EfficientUNet
+
+    net = EfficientUNet.from_unet_config(cfg).eval()
+    inputs = net.dummy_inputs(batch=batch, latent=(latent, latent))
+    flops = count_flops(net, inputs)
+    result = {
+        "params": count_params(net),
+        "params_m": count_params(net) / 1e6,
+        "latent": latent,
+        "batch": batch,
+        **{k: flops[k] for k in ("gflops", "gflops_fvcore_default", "gflops_attention", "skipped_ops")},
+    }
+    if hasattr(cfg, "config_hash"):
+        result["config_hash"] = cfg.config_hash()
+    if latency:
+        net = net.to(device)
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+        def forward() -> None:
+            with torch.no_grad():
+                net(**inputs)
+
+        result["latency"] = measure_latency(forward, warmup=2, repeats=5, device=device)
+    return result
+
+
+def profile_unet(arch: str, latent: int, batch: int = 1, latency: bool = False, device: str = "cpu") -> dict:
+    """`profile_unet_config` of `snapgen.registry.resolve(arch)`."""
+    from snapgen.registry import resolve
+
+    return {"arch": arch, **profile_unet_config(resolve(arch), latent, batch, latency, device)}
+
+
+def profile_decoder(arch: str, latent: int) -> dict:
+    """Params and fvcore GFLOPs of a baseline decoder ('sd3' | 'sdxl') decoding a latent x latent latent."""
+    from snapgen.models.autoencoders import build_baseline_decoder
+
+    decoder = build_baseline_decoder(arch)
+    flops = count_flops(decoder, (torch.randn(1, decoder.latent_channels, latent, latent),))
+    # Table 2 counts the decoder body (SDXL: 49,490,179); SDXL's 1x1 post_quant_conv (20 params) is listed apart.
+    body = count_params(decoder.decoder)
+    return {
+        "arch": arch,
+        "params": body,
+        "params_m": body / 1e6,
+        "params_post_quant_conv": count_params(decoder) - body,
+        "latent": latent,
+        **{k: flops[k] for k in ("gflops", "gflops_fvcore_default", "gflops_attention", "skipped_ops")},
+    }
+
+
+def _delta_pct(value: float, parent_value: float) -> float:
+    return 100.0 * (value - parent_value) / parent_value
+
+
+def profile_walk(name: str, latent: int, profile_fn: Callable[[Any, int], dict] | None = None) -> list[dict]:
+    """Profile every step of `snapgen.registry.walk(name)` and compare its deltas with the paper's.
+
+    Args:
+        name (`str`): the walk ('fig3').
+        latent (`int`): latent side (the paper uses 128 for Fig. 3).
+        profile_fn: `(UNetConfig, latent) -> dict with params, gflops`; default `profile_unet_config`.
+            Tests pass a cheap one.
+
+    Returns:
+        one `dict` per step: name, parent, delta, params_m, gflops, d_params_pct, d_gflops_pct (vs. the parent),
+        paper_d_params_pct, paper_d_gflops_pct (None where the paper gives none), check ('PASS' | 'FAIL' | '-')
+        and check_detail.
+    """
+    from snapgen.registry import walk
+
+    from reports.paper import FIG3_STEPS
+
+    profile_fn = profile_fn or (lambda cfg, n: profile_unet_config(cfg, n))
+    rows: dict[str, dict] = {}
+    for step in walk(name):
+        profile = profile_fn(step.config, latent)
+        row = {
+            "step": step.name,
+            "parent": step.parent,
+            "delta": step.delta,
+            "params_m": profile["params"] / 1e6,
+            "gflops": profile["gflops"],
+            "d_params_pct": None,
+            "d_gflops_pct": None,
+        }
+        if step.parent is not None:
+            parent = rows[step.parent]
+            row["d_params_pct"] = _delta_pct(row["params_m"], parent["params_m"])
+            row["d_gflops_pct"] = _delta_pct(row["gflops"], parent["gflops"])
+        paper = FIG3_STEPS.get(step.name) if name == "fig3" else None
+        row["paper_d_params_pct"] = paper.params_delta_pct if paper else None
+        row["paper_d_gflops_pct"] = paper.flops_delta_pct if paper else None
+        checks = []
+        for ours_key, paper_key, label in (
+            ("d_params_pct", "paper_d_params_pct", "params"),
+            ("d_gflops_pct", "paper_d_gflops_pct", "flops"),
+        ):
+            if row[paper_key] is not None and row[ours_key] is not None:
+                ok = abs(row[ours_key] - row[paper_key]) <= WALK_TOLERANCE_PP
+                checks.append((ok, f"{label} {row[ours_key]:+.1f}% vs paper {row[paper_key]:+.0f}%"))
+        row["check"] = "-" if not checks else ("PASS" if all(ok for ok, _ in checks) else "FAIL")
+        row["check_detail"] = "; ".join(text for _, text in checks)
+        rows[step.name] = row
+    return list(rows.values())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plain-text rendering.
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Aligned plain-text table. `columns`: (key, header, format spec, e.g. '.2f'); None renders as '-'."""
+
+    def cell(value: Any, spec: str) -> str:
+        if value is None:
+            return "-"
+        return format(value, spec) if spec else str(value)
+
+    body = [[cell(row.get(key), spec) for key, _, spec in columns] for row in rows]
+    headers = [header for _, header, _ in columns]
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in body]
+    return "\n".join(lines)
+
+
+WALK_COLUMNS = [
+    ("step", "step", ""),
+    ("parent", "parent", ""),
+    ("params_m", "params (M)", ".2f"),
+    ("gflops", "GFLOPs", ".2f"),
+    ("d_params_pct", "d params %", "+.1f"),
+    ("paper_d_params_pct", "paper %", "+.0f"),
+    ("d_gflops_pct", "d GFLOPs %", "+.1f"),
+    ("paper_d_gflops_pct", "paper %", "+.0f"),
+    ("check", f"check (+-{WALK_TOLERANCE_PP:g}pp)", ""),
+]
+
+
+def _print_profile(result: dict) -> None:
+    skipped = ", ".join(f"{k}x{v}" for k, v in result["skipped_ops"].items()) or "none"
+    lines = [f"{k:24s} {result[k]}" for k in ("arch", "latent") if k in result]
+    lines += [
+        f"{'params':24s} {result['params']:,} ({result['params_m']:.2f} M)",
+        f"{'GFLOPs (attn counted)':24s} {result['gflops']:.2f}",
+        f"{'GFLOPs (fvcore default)':24s} {result['gflops_fvcore_default']:.2f}",
+        f"{'GFLOPs of attention':24s} {result['gflops_attention']:.2f}",
+        f"{'ops not counted':24s} {skipped}",
+    ]
+    if "latency" in result:
+        lat = result["latency"]
+        lines.append(
+            f"{'latency':24s} median {lat['median_ms']:.1f} ms (p10 {lat['p10']:.1f}, p90 {lat['p90']:.1f}) "
+            f"{lat['backend']} on {lat['device']}, {lat['dtype']}"
+        )
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m snapgen.profile", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    unet = sub.add_parser("unet", help="params / FLOPs / latency of one UNet config")
+    unet.add_argument("--arch", required=True, help="preset name or 'preset+delta+...' (snapgen.registry.resolve)")
+    unet.add_argument("--latent", type=int, default=32, help="latent side (128 = 1024px image with the SD3 VAE)")
+    unet.add_argument("--batch", type=int, default=1)
+    unet.add_argument("--latency", action="store_true", help="also time forward passes on this machine")
+    unet.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    unet.add_argument("--json", action="store_true", help="print JSON only")
+
+    decoder = sub.add_parser("decoder", help="params / FLOPs of a baseline VAE decoder")
+    decoder.add_argument("--arch", required=True, choices=["sd3", "sdxl"])
+    decoder.add_argument("--latent", type=int, default=128)
+    decoder.add_argument("--json", action="store_true")
+
+    walk_parser = sub.add_parser("walk", help="profile a registry walk against the paper's deltas")
+    walk_parser.add_argument("name", choices=["fig3"])
+    walk_parser.add_argument("--latent", type=int, default=128)
+    walk_parser.add_argument("--json", action="store_true")
+
+    args = parser.parse_args(argv)
+    if args.command in ("unet", "decoder"):
+        if args.command == "unet":
+            result = profile_unet(args.arch, args.latent, args.batch, args.latency, args.device)
+        else:
+            result = profile_decoder(args.arch, args.latent)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            _print_profile(result)
+    else:
+        rows = profile_walk(args.name, args.latent)
+        if args.json:
+            print(json.dumps({"walk": args.name, "latent": args.latent, "steps": rows}, indent=2))
+        else:
+            print(f"walk {args.name}, latent {args.latent}x{args.latent}, GFLOPs with attention counted")
+            print(format_table(rows, WALK_COLUMNS))
+            details = [f"  {r['step']}: {r['check_detail']}" for r in rows if r["check_detail"]]
+            if details:
+                print("checks:\n" + "\n".join(details))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

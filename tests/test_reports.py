@@ -1,0 +1,127 @@
+"""reports: paper values as data, tables (md/csv/tex, missing values marked), the Fig. 3 figure."""
+
+import io
+import json
+
+import pandas as pd
+import pytest
+
+from reports import figures, paper, tables
+from snapgen import profile
+
+
+def test_paper_fig3_keys_are_walk_steps():
+    from snapgen.registry import walk
+
+    assert set(paper.FIG3_STEPS) == {step.name for step in walk("fig3")}
+
+
+def test_paper_values_given_and_absent():
+    b = paper.FIG3_STEPS["b_no_sa_high_res"]
+    assert (b.flops_delta_pct, b.latency_delta_pct, b.fid_parent, b.fid) == (-17.0, -24.0, 3.76, 3.12)
+    assert b.params_delta_pct is None  # the text states no parameter change for SA removal
+    expanded = paper.FIG3_STEPS["c_sepconv_expanded"]
+    assert (expanded.params_delta_pct, expanded.flops_delta_pct, expanded.speedup) == (-15.0, -27.0, 2.4)
+    assert expanded.fid is None and "lower" in expanded.fid_note
+    assert paper.FIG3_STEPS["e_mqa"].flops_delta_pct == -6.0
+    assert paper.FIG3_STEPS["f_first_stage_ca"].params_delta_pct is None
+    assert [r.model for r in paper.TABLE1][-1] == "Ours" and paper.TABLE1[-1].params_m == 372
+    sd3 = next(r for r in paper.TABLE2 if r.decoder == "SD3")
+    assert (sd3.params_m, sd3.gflops, sd3.latency_gpu_ms) == (49.55, 4970, "OOM")
+    assert next(r for r in paper.TABLE2 if r.decoder == "Ours").latency_gpu_ms is None  # "-" in the paper
+    assert next(r for r in paper.TABLE3 if r.model == "SD-1.5").throughput is None
+    assert [r.name for r in paper.SUPP_TABLE3_KD][-1] == "task+kd+featkd+t_scaling"
+    assert len(paper.SUPP_TABLE1_GENEVAL) == len(paper.SUPP_TABLE2_DPG) == len(paper.TABLE3) == 12
+    assert all(r.source for r in paper.TABLE1 + paper.TABLE2 + paper.TABLE3)
+
+
+@pytest.mark.parametrize("name", list(tables.TABLES))
+@pytest.mark.parametrize("fmt", ["md", "csv", "tex"])
+def test_tables_render_with_ours_missing(name, fmt, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'absent.db'}"
+    table = tables.TABLES[name](efficiency_only=False, tracking_uri=uri)
+    body, notes = tables.render(table, fmt)
+    assert tables.MISSING in body
+    assert "no MLflow database" in notes
+    assert not (tmp_path / "absent.db").exists()  # reading never creates a tracking database
+    if fmt == "csv":
+        frame = pd.read_csv(io.StringIO(body))
+        assert "source" in frame.columns and (frame["source"].str.startswith("paper")).any()
+    if fmt == "tex":
+        assert "\\begin{tabular}" in body and notes.startswith("% [1]")
+
+
+def test_table1_reads_mlflow_run(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(tables.EXPERIMENT_IMAGENET)
+        with mlflow.start_run(run_name=tables.OURS_IMAGENET):
+            mlflow.log_metrics({"params_m": 373.77, "gflops": 37.98})
+    finally:
+        mlflow.set_tracking_uri(None)
+    table = tables.table1(tracking_uri=uri)
+    ours = table.frame.iloc[-1]
+    assert ours["params_m"] == pytest.approx(373.77) and ours["gflops"] == pytest.approx(37.98)
+    assert pd.isna(ours["fid"])
+    assert any("has no metric fid" in note for note in table.footnotes)
+    assert ours["source"].startswith("ours: MLflow imagenet/snapgen-imagenet")
+
+
+def test_table1_efficiency_only_uses_profile(monkeypatch):
+    calls = []
+
+    def fake_profile_unet(arch, latent):
+        calls.append((arch, latent))
+        return {"params_m": 12.5, "gflops": 3.25}
+
+    monkeypatch.setattr(profile, "profile_unet", fake_profile_unet)
+    table = tables.table1(efficiency_only=True)
+    assert calls == [("snapgen-imagenet", 32)]
+    body, notes = tables.render(table, "md")
+    assert "12.50" in body and "3.25" in body
+    assert "fid not read (--efficiency-only" in notes
+
+
+def test_table2_efficiency_only_marks_tiny_decoder(monkeypatch):
+    monkeypatch.setattr(profile, "profile_decoder", lambda arch, latent: {"params_m": 49.0, "gflops_fvcore_default": 4970.0})
+    monkeypatch.setattr(tables, "_tiny_decoder_profile", lambda latent: (_ for _ in ()).throw(ModuleNotFoundError("No module named 'snapgen.models.decoder'")))
+    table = tables.table2(efficiency_only=True)
+    ours = table.frame[table.frame["decoder"].str.contains("ours|this repo")]
+    assert list(ours["gflops"].iloc[:2]) == [4970.0, 4970.0]
+    assert pd.isna(ours["gflops"].iloc[2])
+    body, notes = tables.render(table, "md")
+    assert "TinyDecoder (snapgen.models.decoder) unavailable" in notes
+    assert "ANE OOM, GPU 9469" in body
+
+
+def test_tables_cli_csv(capsys, tmp_path):
+    assert tables.main(["kd", "--format", "csv", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"]) == 0
+    captured = capsys.readouterr()
+    frame = pd.read_csv(io.StringIO(captured.out))
+    assert len(frame) == 8 and "[1]" in captured.err
+
+
+def _fake_rows():
+    return [
+        {"step": "a_baseline", "parent": None, "params_m": 600.0, "gflops": 1000.0, "d_params_pct": None,
+         "d_gflops_pct": None},
+        {"step": "b_no_sa_high_res", "parent": "a_baseline", "params_m": 590.0, "gflops": 830.0,
+         "d_params_pct": -1.7, "d_gflops_pct": -17.0},
+    ]
+
+
+@pytest.mark.parametrize("efficiency_only", [True, False])
+def test_fig3_png(tmp_path, efficiency_only):
+    out = figures.fig3(_fake_rows(), tmp_path / "fig3.png", efficiency_only=efficiency_only,
+                       tracking_uri=f"sqlite:///{tmp_path / 'absent.db'}", latent=128)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fig3_cli_from_json(tmp_path):
+    walk_json = tmp_path / "walk.json"
+    walk_json.write_text(json.dumps({"walk": "fig3", "latent": 128, "steps": _fake_rows()}))
+    out = tmp_path / "fig.png"
+    assert figures.main(["fig3", "--efficiency-only", "--from-json", str(walk_json), "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
