@@ -64,6 +64,7 @@ class TrainConfig:
     sample_cfg: float = 2.0          # guidance scale for grids
     samples_per_class: int = 8
     max_nan_skips: int = 20          # skipped non-finite steps allowed before the run stops
+    time_budget_min: float = 0.0     # stop (checkpoint, validate, sample) after this many minutes; 0 = no limit
 
     def unet_config(self, text_dim: int) -> UNetConfig:
         cfg = resolve(self.arch)
@@ -100,14 +101,27 @@ def make_config(scale: str = "smoke", **overrides: Any) -> TrainConfig:
 # ---- conditioning ----------------------------------------------------------------------------------------------------
 
 
+class LazyTextEncoder:
+    """Loads the encoder only if the embedding cache misses (a GPU box can run on a carried cache alone)."""
+
+    def __init__(self, name: str):
+        self.name, self._encoder = name, None
+
+    def encode(self, prompts: list[str]):
+        if self._encoder is None:
+            from .models.text import load_text_encoder
+
+            self._encoder = load_text_encoder(self.name)
+        return self._encoder.encode(prompts)
+
+
 class ClassPromptConditioning:
     """Class prompts encoded once (cached on disk), truncated to the longest prompt; zeros are the null condition."""
 
     def __init__(self, prompts: list[str], encoder_name: str, device: torch.device):
         from .data import text_embedding_cache
-        from .models.text import load_text_encoder
 
-        emb = text_embedding_cache(prompts, load_text_encoder(encoder_name))
+        emb = text_embedding_cache(prompts, LazyTextEncoder(encoder_name))
         length = int(emb["mask"].sum(1).max())  # drop padding that no prompt uses
         self.hidden = emb["hidden"][:, :length].to(device)  # (P, L, D)
         self.mask = emb["mask"][:, :length].to(device)  # (P, L)
@@ -321,7 +335,7 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
     if rank == 0:
         save_yaml({"train": dataclasses.asdict(cfg), "unet": net_config, "net_class": type(net).__name__,
                    "run_hash": run_hash,
-                   "text_len": conditioning.hidden.shape[1]}, out / "config.yaml")
+                   "text_len": conditioning.hidden.shape[1], "class_names": list(names)}, out / "config.yaml")
         _truncate_log(out / "metrics.jsonl", step)  # lines past the checkpoint will be written again
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else net
@@ -354,7 +368,8 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and rank == 0), dynamic_ncols=True)
     last: dict[str, Any] = {}
     net.train()
-    while step < cfg.steps:
+    started, end = time.time(), cfg.steps
+    while step < end:
         g = step_generator(cfg.seed, rank, step, device)
         batch = data.batch(step)
         sl = slice(rank * micro * cfg.grad_accum, (rank + 1) * micro * cfg.grad_accum)
@@ -389,20 +404,22 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
             ema_update(ema, net, cfg.ema_decay, step)
         step += 1
         bar.update(1)
+        if cfg.time_budget_min and (time.time() - started) / 60 > cfg.time_budget_min and end == cfg.steps:
+            end = step  # out of time: this step is the last (a rerun continues towards cfg.steps)
         if rank == 0:
             record: dict[str, Any] = {"step": step}
-            if losses and (step % cfg.log_every == 0 or step == cfg.steps):
+            if losses and (step % cfg.log_every == 0 or step == end):
                 record.update(train_loss=float(np.mean(losses)), grad_norm=float(grad_norm), nan_skips=nan_skips)
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}")
-            if step % cfg.val_every == 0 or step == cfg.steps:
+            if step % cfg.val_every == 0 or step == end:
                 record.update(evaluate(step))
                 bar.write(f"step {step}: val_loss {record['val_loss']:.4f} (ema {record['val_loss_ema']:.4f})")
             if len(record) > 1:
                 _log(out, record, hooks)
                 last.update(record)
-            if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
+            if cfg.sample_every and step % cfg.sample_every == 0 and step < end:
                 write_grid(step)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if step % cfg.ckpt_every == 0 or step == end:
             if rank == 0:
                 save_checkpoint(out, net, ema, opt, step, nan_skips, run_hash, extra_modules)
             if world > 1:

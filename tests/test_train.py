@@ -167,3 +167,20 @@ def test_missing_dataset_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SNAPGEN_CACHE", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="cifar10_jpeg.npz"):
         train(tiny_config(steps=1), tmp_path / "run", progress=False)
+
+
+def test_sample_cli_writes_a_grid_per_class_and_is_deterministic(tmp_path):
+    from PIL import Image
+
+    from snapgen.sample import main as sample_main
+
+    train(tiny_config(steps=3), tmp_path / "run", progress=False)
+    for name in ("a.png", "b.png"):
+        sample_main([str(tmp_path / "run"), "--class", "cat", "--steps", "2", "--n", "3", "--out",
+                     str(tmp_path / name)])
+    a, b = (Image.open(tmp_path / n) for n in ("a.png", "b.png"))
+    assert a.size == (3 * 8, 8) and a.tobytes() == b.tobytes()
+    sample_main([str(tmp_path / "run"), "--steps", "2", "--n", "2", "--out", str(tmp_path / "all.png")])
+    assert Image.open(tmp_path / "all.png").size == (2 * 8, 10 * 8)
+    with pytest.raises(SystemExit):
+        sample_main([str(tmp_path / "run"), "--class", "unicorn"])

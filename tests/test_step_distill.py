@@ -1,0 +1,111 @@
+"""Adversarial step distillation (Eq. 9): gradient routing of the D and G steps, GAN losses, few-step sampling, and
+an end-to-end smoke run that resumes exactly."""
+
+import json
+
+import pytest
+import torch
+
+from snapgen import flow
+from snapgen.models import EfficientUNet
+from snapgen.registry import resolve, shrink
+from snapgen.step_distill import (DiscriminatorHeads, StepDistillConfig, d_loss, discriminator_step, few_step_sample,
+                                  g_adv_loss, generator_step, head_layers, step_distill, unshift)
+from snapgen.teachers import SmallTeacherConfig, build_small_teacher
+
+RES = 8
+
+
+def tiny_student(text_dim):
+    torch.manual_seed(0)
+    cfg = shrink(resolve("snapgen-imagenet"), base_width=16, context_dim=text_dim)
+    return EfficientUNet.from_unet_config(cfg.replace(in_channels=3, out_channels=3))
+
+
+def tiny_teacher(text_dim):
+    return build_small_teacher(SmallTeacherConfig(resolution=RES, num_layers=3, num_attention_heads=2,
+                                                  attention_head_dim=8), text_dim, seed=1)
+
+
+def setup(text_dim=16, b=4):
+    net, teacher = tiny_student(text_dim), tiny_teacher(text_dim)
+    heads = DiscriminatorHeads(teacher.feature_dim, head_layers(teacher.num_layers, 2))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(b, 3, RES, RES, generator=g).clamp(-1, 1)
+    cond = (torch.randn(b, 5, text_dim, generator=g), torch.ones(b, 5, dtype=torch.bool))
+    return net, teacher, heads, x0, cond, flow.flow_sigmas(4)
+
+
+def grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+def test_d_step_trains_heads_only():
+    net, teacher, heads, x0, cond, sigmas = setup()
+    out = discriminator_step(net, teacher, heads, x0, cond, sigmas, torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    assert all(g is not None for g in grads(heads))
+    # (the hinge gradient of a head's bias is exactly 0 while every margin is active: check the weights)
+    assert all(head[1].weight.grad.abs().sum() > 0 for head in heads.heads)
+    assert all(g is None for g in grads(net)) and all(g is None for g in grads(teacher))
+    assert not teacher.training
+
+
+@pytest.mark.parametrize("gan_loss", ["hinge", "nonsaturating"])
+def test_g_step_trains_student_only(gan_loss):
+    net, teacher, heads, x0, cond, sigmas = setup()
+    out = generator_step(net, teacher, heads, x0, cond, sigmas, torch.Generator().manual_seed(0),
+                         StepDistillConfig(gan_loss=gan_loss))
+    out["loss"].backward()
+    assert all(g is not None for g in grads(net))
+    assert all(g is None for g in grads(heads)) and all(g is None for g in grads(teacher))
+    assert all(p.requires_grad for p in heads.parameters())  # restored for the next D step
+    # L_G = adv + S(L_task, L_kd); S's value is mean(L_task) (Eq. 7 rescales L_kd to L_task's magnitude)
+    assert out["loss"].item() == pytest.approx(out["loss_adv"].item() + out["loss_task"].item(), rel=1e-4)
+    assert out["loss_kd"] > 0
+
+
+def test_gan_losses_by_hand():
+    real, fake = [torch.tensor([2.0, 0.5])], [torch.tensor([-2.0, 0.0])]
+    # hinge D: mean(relu(1 - r)) + mean(relu(1 + f)) = 0.25 + 0.5
+    assert d_loss(real, fake, "hinge").item() == pytest.approx(0.75)
+    assert g_adv_loss(fake, "hinge").item() == pytest.approx(1.0)
+    sp = torch.nn.functional.softplus
+    assert d_loss(real, fake, "nonsaturating").item() == pytest.approx(
+        (sp(torch.tensor([-2.0, -0.5])).mean() + sp(torch.tensor([-2.0, 0.0])).mean()).item())
+    with pytest.raises(ValueError, match="hinge"):
+        StepDistillConfig(gan_loss="wgan")
+
+
+def test_schedule_helpers_and_few_step_sampling():
+    sigma = torch.tensor([0.1, 0.5, 0.9])
+    assert torch.allclose(flow.time_shift(unshift(sigma)), sigma, atol=1e-6)
+    assert head_layers(8, 4) == [0, 2, 5, 7] and head_layers(8, 1) == [7]
+    net, teacher, heads, x0, cond, sigmas = setup()
+    noise = torch.randn_like(x0)
+    for steps in (4, 8):
+        x = few_step_sample(net, noise, cond, steps=steps)
+        assert x.shape == x0.shape and torch.isfinite(x).all()
+
+
+def test_step_distill_smoke_resumes_exactly(tmp_path):
+    student = tiny_student(384)
+    student.save_pretrained(tmp_path / "student")
+    teacher = tiny_teacher(384)
+    kwargs = dict(resolution=RES, text_encoder="minilm", progress=False, batch_size=4, log_every=1, ckpt_every=2,
+                  eval_steps=(4, 8), eval_samples_per_class=1, reference_steps=2)
+    full = step_distill(tmp_path / "student", teacher, tmp_path / "full", steps=4, **kwargs)
+    assert full["step"] == 4 and (tmp_path / "full" / "samples" / "fewstep_4.png").is_file()
+    assert {"fewstep_mse_vs_teacher_4", "fewstep_mse_vs_teacher_8"} <= set(full)
+    step_distill(tmp_path / "student", teacher, tmp_path / "resumed", steps=2, evaluate=False, **kwargs)
+    step_distill(tmp_path / "student", teacher, tmp_path / "resumed", steps=4, evaluate=False, **kwargs)
+    read = lambda out: [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert read(tmp_path / "full") == read(tmp_path / "resumed")
+    assert len(read(tmp_path / "full")) == 4
+    # a student moved, the teacher did not
+    after = EfficientUNet.from_pretrained(tmp_path / "full" / "checkpoint" / "unet")
+    assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(), after.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(),
+                                                  tiny_teacher(384).state_dict().values()))
+    with pytest.raises(RuntimeError, match="another step-distillation config"):
+        step_distill(tmp_path / "student", teacher, tmp_path / "full", steps=5, **{**kwargs, "lr_g": 1.0})
