@@ -197,34 +197,12 @@ class TimestepBinMeter:
         return out
 
 
-def fig6_hook(loss_fn: Callable, out: str) -> Callable[[int, dict], None]:
-    """A `snapgen.train.train` hook writing `loss_fn.flush_metrics()` (Fig. 6 bins) to `<out>/fig6.jsonl` at every
-    logged record; `read_fig6(out)` reads them back (the last record per step wins after a resume)."""
-    import json
-    from pathlib import Path
-
-    path = Path(out) / "fig6.jsonl"
-
-    def hook(step: int, metrics: dict) -> None:
-        means = loss_fn.flush_metrics()
-        if means:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as f:
-                f.write(json.dumps({"step": step, **means}) + "\n")
-
-    return hook
-
-
 def read_fig6(out: str) -> list[dict[str, Any]]:
-    import json
-    from pathlib import Path
+    """The Fig. 6 bins that the training loop logged (from `loss_fn.flush_metrics()`) into `<out>/metrics.jsonl`."""
+    from .train import read_metrics
 
-    path = Path(out) / "fig6.jsonl"
-    by_step = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        record = json.loads(line)
-        by_step[record["step"]] = record
-    return [by_step[k] for k in sorted(by_step)]
+    return [{k: v for k, v in r.items() if k == "step" or k.startswith("fig6_")}
+            for r in read_metrics(out) if any(k.startswith("fig6_") for k in r)]
 
 
 def plot_fig6(records: list[dict[str, Any]], path: str, num_bins: int | None = None) -> str:
@@ -306,7 +284,7 @@ def kd_loss_fn(row: Mapping[str, bool] | str, teacher=None, projector: FeaturePr
         run identity) and `flush_metrics() -> dict[str, float]` (the Fig. 6 means since the last flush).
 
     Use: `lf = kd_loss_fn(row, teacher, student_channels=student_feature_channels(cfg.unet_config(text_dim)))`;
-    `train(cfg, out, loss_fn=lf, extra_modules=lf.extra_modules, hooks=[fig6_hook(lf, out)])`.
+    `train(cfg, out, loss_fn=lf, extra_modules=lf.extra_modules)`; the Fig. 6 bins land in metrics.jsonl.
     """
     from .train import unet_fn
 

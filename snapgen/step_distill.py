@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,39 +235,6 @@ def load_student(student_ckpt: str | Path) -> tuple[EfficientUNet, dict[str, Any
                             f"diffusers UNet directory (config.json)")
 
 
-def _save(out: Path, net, ema, heads, opt_g, opt_d, step: int, run_hash: str) -> None:
-    """Atomic checkpoint, as snapgen.train.save_checkpoint, plus the heads and the second optimizer."""
-    tmp, final, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    net.save_pretrained(tmp / "unet")
-    ema.save_pretrained(tmp / "unet_ema")
-    torch.save({"heads": heads.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "step": step, "run_hash": run_hash}, tmp / "training_state.pt")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _load(out: Path, net, ema, heads, opt_g, opt_d, run_hash: str) -> int:
-    from .train import find_checkpoint
-
-    ckpt = find_checkpoint(out)
-    if ckpt is None:
-        return 0
-    state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
-    if state["run_hash"] != run_hash:
-        raise RuntimeError(f"checkpoint {ckpt} was written by another step-distillation config (hash "
-                           f"{state['run_hash']}, this run {run_hash}); use another out, or delete {ckpt}")
-    net.load_state_dict(EfficientUNet.from_pretrained(ckpt / "unet").state_dict())
-    ema.load_state_dict(EfficientUNet.from_pretrained(ckpt / "unet_ema").state_dict())
-    heads.load_state_dict(state["heads"])
-    opt_g.load_state_dict(state["opt_g"])
-    opt_d.load_state_dict(state["opt_d"])
-    return int(state["step"])
-
-
 # ---- the loop --------------------------------------------------------------------------------------------------------
 
 
@@ -294,7 +260,8 @@ def step_distill(student_ckpt: str | Path, teacher, out: str | Path, steps: int 
     from tqdm import tqdm
 
     from .data import ClassConditionalData, class_prompts, load_cifar10
-    from .train import ClassPromptConditioning, step_generator
+    from .train import (ClassPromptConditioning, ema_update, find_checkpoint, load_checkpoint, save_checkpoint,
+                        step_generator)
 
     cfg = dataclasses.replace(cfg or StepDistillConfig(), **overrides)
     out = Path(out)
@@ -324,7 +291,14 @@ def step_distill(student_ckpt: str | Path, teacher, out: str | Path, steps: int 
     # `steps` is left out: the learning rates are constant, so a run may be extended by calling again with more steps.
     run_hash = stable_hash({"step_distill": dataclasses.asdict(cfg), "student": str(student_ckpt),
                             "teacher": dict(teacher.config), "resolution": resolution, "text_encoder": text_encoder})
-    step = _load(out, net, ema, heads, opt_g, opt_d, run_hash)
+    ckpt = find_checkpoint(out)
+    step = 0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, {"unet": net, "unet_ema": ema}, run_hash)
+        heads.load_state_dict(state["heads"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        step = int(state["step"])
     save_yaml({"step_distill": dataclasses.asdict(cfg), "steps": steps, "student": str(student_ckpt),
                "resolution": resolution, "text_encoder": text_encoder, "run_hash": run_hash}, out / "config.yaml")
     log_path = out / "metrics.jsonl"
@@ -355,9 +329,7 @@ def step_distill(student_ckpt: str | Path, teacher, out: str | Path, steps: int 
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip or float("inf"))
         opt_g.step()
         opt_g.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+        ema_update(ema, net, cfg.ema_decay, step)
         step += 1
         bar.update(1)
         window.append({"loss_d": d_terms["loss"].item(), "d_real": d_terms["d_real"].item(),
@@ -371,7 +343,9 @@ def step_distill(student_ckpt: str | Path, teacher, out: str | Path, steps: int 
             last.update(record)
             bar.set_postfix(d=f"{record['loss_d']:.3f}", g=f"{record['loss_g']:.3f}")
         if step % cfg.ckpt_every == 0 or step == steps:
-            _save(out, net, ema, heads, opt_g, opt_d, step, run_hash)
+            save_checkpoint(out, {"unet": net, "unet_ema": ema}, {
+                "heads": heads.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
+                "run_hash": run_hash})
     bar.close()
 
     result = {**last, "step": step, "out": str(out)}

@@ -171,16 +171,14 @@ def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
     return torch.Generator(device).manual_seed(int(stable_hash([seed, rank, step]), 16) % 2**63)
 
 
-def save_checkpoint(out: Path, net, ema, opt, step: int, nan_skips: int, run_hash: str,
-                    extra_modules: dict[str, torch.nn.Module] | None = None) -> None:
-    """Write `out/checkpoint` atomically: a new directory is complete before it replaces the last good one."""
+def save_checkpoint(out: Path, models: dict[str, torch.nn.Module], state: dict[str, Any]) -> None:
+    """Write `out/checkpoint/{<name>/ for each model (save_pretrained), training_state.pt}` atomically: the new
+    directory is complete before it replaces the last good one. Every loop of the harness checkpoints through this."""
     tmp, final, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    net.save_pretrained(tmp / "unet")
-    ema.save_pretrained(tmp / "unet_ema")
-    extra = {name: m.state_dict() for name, m in (extra_modules or {}).items()}
-    torch.save({"optimizer": opt.state_dict(), "step": step, "nan_skips": nan_skips, "run_hash": run_hash,
-                "extra_modules": extra}, tmp / "training_state.pt")
+    for name, model in models.items():
+        model.save_pretrained(tmp / name)
+    torch.save(state, tmp / "training_state.pt")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
@@ -195,22 +193,19 @@ def find_checkpoint(out: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(ckpt: Path, net, ema, opt, run_hash: str,
-                    extra_modules: dict[str, torch.nn.Module] | None = None) -> tuple[int, int]:
+def load_checkpoint(ckpt: Path, models: dict[str, torch.nn.Module], run_hash: str) -> dict[str, Any]:
+    """Load the models saved by `save_checkpoint` in place and return the training state (checked against run_hash)."""
     try:
         state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
-        net.load_state_dict(type(net).from_pretrained(ckpt / "unet").state_dict())
-        ema.load_state_dict(type(ema).from_pretrained(ckpt / "unet_ema").state_dict())
-        for name, module in (extra_modules or {}).items():
-            module.load_state_dict(state["extra_modules"][name])
+        for name, model in models.items():
+            model.load_state_dict(type(model).from_pretrained(ckpt / name).state_dict())
     except Exception as e:  # a truncated or foreign file: say which and what to do
         raise RuntimeError(f"cannot read checkpoint {ckpt}: {e}. Delete {ckpt} to start over, or point --out "
                            f"elsewhere.") from e
     if state["run_hash"] != run_hash:
         raise RuntimeError(f"checkpoint {ckpt} was written by a run with another config (hash {state['run_hash']}, "
                            f"this run {run_hash}); use another --out, or delete {ckpt.parent} to start over")
-    opt.load_state_dict(state["optimizer"])
-    return state["step"], state["nan_skips"]
+    return state
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------------
@@ -262,7 +257,7 @@ def _dist_info() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def _log(out: Path, record: dict[str, Any], hooks: Sequence[Callable[[int, dict], None]]) -> None:
+def log_record(out: Path, record: dict[str, Any], hooks: Sequence[Callable[[int, dict], None]]) -> None:
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     for hook in hooks:
@@ -317,8 +312,11 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
     for module in extra_modules.values():
         module.to(device)
     net_config = dict(net.config) if net_factory else unet_cfg.to_dict()
-    run_hash = stable_hash({"train": dataclasses.asdict(cfg), "net": net_config, "net_class": type(net).__name__,
-                            "extra_modules": sorted(extra_modules)})
+    identity = {"train": dataclasses.asdict(cfg), "net": net_config, "net_class": type(net).__name__,
+                "extra_modules": sorted(extra_modules)}
+    if getattr(loss_fn, "config", None) is not None:  # e.g. the KD row: a task run never resumes a KD run
+        identity["loss"] = loss_fn.config
+    run_hash = stable_hash(identity)
     if cfg.grad_checkpointing:
         net.enable_gradient_checkpointing()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
@@ -329,14 +327,18 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
     out.mkdir(parents=True, exist_ok=True)
     ckpt = find_checkpoint(out)
     if ckpt is not None:
-        step, nan_skips = load_checkpoint(ckpt, net, ema, opt, run_hash, extra_modules)
+        state = load_checkpoint(ckpt, {"unet": net, "unet_ema": ema}, run_hash)
+        opt.load_state_dict(state["optimizer"])
+        for name, module in extra_modules.items():
+            module.load_state_dict(state["extra_modules"][name])
+        step, nan_skips = state["step"], state["nan_skips"]
         if rank == 0:
             print(f"resuming {out} at step {step}", file=sys.stderr)
     if rank == 0:
         save_yaml({"train": dataclasses.asdict(cfg), "unet": net_config, "net_class": type(net).__name__,
                    "run_hash": run_hash,
                    "text_len": conditioning.hidden.shape[1], "class_names": list(names)}, out / "config.yaml")
-        _truncate_log(out / "metrics.jsonl", step)  # lines past the checkpoint will be written again
+        truncate_log(out / "metrics.jsonl", step)  # lines past the checkpoint will be written again
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else net
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
@@ -389,6 +391,10 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
                 break
             (loss / cfg.grad_accum).backward()
             losses.append(loss.item())
+        if world > 1:  # DDP averages the net's gradients; modules outside it (the KD projector) are averaged here
+            for p in (p for m in extra_modules.values() for p in m.parameters() if p.grad is not None):
+                dist.all_reduce(p.grad)
+                p.grad /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip else float("inf"))
         if not finite or not torch.isfinite(grad_norm):
             # NaN guard: skip the update, keep count, stop past the limit with the step where it happened.
@@ -410,18 +416,22 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
             record: dict[str, Any] = {"step": step}
             if losses and (step % cfg.log_every == 0 or step == end):
                 record.update(train_loss=float(np.mean(losses)), grad_norm=float(grad_norm), nan_skips=nan_skips)
+                if hasattr(loss_fn, "flush_metrics"):  # e.g. Fig. 6's per-timestep-bin KD losses
+                    record.update(loss_fn.flush_metrics())
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}")
             if step % cfg.val_every == 0 or step == end:
                 record.update(evaluate(step))
                 bar.write(f"step {step}: val_loss {record['val_loss']:.4f} (ema {record['val_loss_ema']:.4f})")
             if len(record) > 1:
-                _log(out, record, hooks)
+                log_record(out, record, hooks)
                 last.update(record)
             if cfg.sample_every and step % cfg.sample_every == 0 and step < end:
                 write_grid(step)
         if step % cfg.ckpt_every == 0 or step == end:
             if rank == 0:
-                save_checkpoint(out, net, ema, opt, step, nan_skips, run_hash, extra_modules)
+                save_checkpoint(out, {"unet": net, "unet_ema": ema}, {
+                    "optimizer": opt.state_dict(), "step": step, "nan_skips": nan_skips, "run_hash": run_hash,
+                    "extra_modules": {name: m.state_dict() for name, m in extra_modules.items()}})
             if world > 1:
                 dist.barrier()
     bar.close()
@@ -433,7 +443,7 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
     return result
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def truncate_log(path: Path, step: int) -> None:
     if path.exists():
         lines = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
         path.write_text("".join(l + "\n" for l in lines))
@@ -444,7 +454,7 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
     return [json.loads(l) for l in path.read_text().splitlines() if l] if path.exists() else []
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     import yaml
 
     return yaml.safe_load(text)
@@ -463,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    overrides = {k: _parse_value(v) for k, v in overrides.items()}
+    overrides = {k: parse_value(v) for k, v in overrides.items()}
     if "betas" in overrides:
         overrides["betas"] = tuple(overrides["betas"])
     cfg = make_config(args.scale, arch=args.preset, data=args.data, **overrides)

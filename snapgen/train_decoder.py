@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from .config import load_yaml, save_yaml, stable_hash
 from .models.decoder import TinyDecoder, decoder_config
-from .train import _log, _parse_value, _truncate_log, find_checkpoint
+from .train import find_checkpoint, load_checkpoint, log_record, parse_value, save_checkpoint, truncate_log
 
 ENCODERS = ("taesd3", "sd3")
 LPIPS_NETS = {"alex": "lpips_alexnet_backbone", "squeeze": "lpips_squeezenet_backbone", "vgg": "lpips_vgg_backbone"}
@@ -320,21 +320,6 @@ def eval_images(images: str | None, resolution: int, limit: int | None) -> tuple
 # ---- checkpoints -----------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(out: Path, decoder: TinyDecoder, state: dict[str, Any]) -> None:
-    """`out/checkpoint/{decoder/, training_state.pt}`, atomically (the pattern of `snapgen.train.save_checkpoint`)."""
-    import shutil
-
-    tmp, final, old = out / "checkpoint.tmp", out / "checkpoint", out / "checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    decoder.save_pretrained(tmp / "decoder")
-    torch.save(state, tmp / "training_state.pt")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def resolve_decoder_dir(path: str | Path) -> Path:
     """A run dir, a checkpoint dir or a decoder dir -> the decoder's `save_pretrained` dir."""
     path = Path(path)
@@ -388,15 +373,7 @@ def train(cfg: DecoderTrainConfig, out: str | Path, hooks: Sequence[Callable[[in
     out.mkdir(parents=True, exist_ok=True)
     ckpt = find_checkpoint(out)
     if ckpt is not None:
-        try:
-            state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)
-            decoder.load_state_dict(TinyDecoder.from_pretrained(ckpt / "decoder").state_dict())
-        except Exception as e:
-            raise RuntimeError(f"cannot read checkpoint {ckpt}: {e}. Delete {ckpt} to start over, or point --out "
-                               f"elsewhere.") from e
-        if state["run_hash"] != run_hash:
-            raise RuntimeError(f"checkpoint {ckpt} was written by a run with another config (hash "
-                               f"{state['run_hash']}, this run {run_hash}); use another --out, or delete {ckpt.parent}")
+        state = load_checkpoint(ckpt, {"decoder": decoder}, run_hash)
         discriminator.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
@@ -404,7 +381,7 @@ def train(cfg: DecoderTrainConfig, out: str | Path, hooks: Sequence[Callable[[in
         print(f"resuming {out} at step {step}", file=sys.stderr)
     save_yaml({"train": dataclasses.asdict(cfg), "decoder": dec_cfg, "losses": losses, "run_hash": run_hash},
               out / "config.yaml")
-    _truncate_log(out / "metrics.jsonl", step)
+    truncate_log(out / "metrics.jsonl", step)
 
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -461,10 +438,10 @@ def train(cfg: DecoderTrainConfig, out: str | Path, hooks: Sequence[Callable[[in
             record.update(validate())
             bar.write(f"step {step}: val_psnr {record['val_psnr']:.2f} dB")
         if len(record) > 1:
-            _log(out, record, hooks)
+            log_record(out, record, hooks)
             last.update(record)
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_checkpoint(out, decoder, {"step": step, "run_hash": run_hash, "opt_g": opt_g.state_dict(),
+            save_checkpoint(out, {"decoder": decoder}, {"step": step, "run_hash": run_hash, "opt_g": opt_g.state_dict(),
                                            "opt_d": opt_d.state_dict(), "discriminator": discriminator.state_dict()})
     bar.close()
     return {**last, "step": step, "out": str(out), "losses": losses}
@@ -631,7 +608,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    overrides = {k: _parse_value(v) for k, v in (kv.split("=", 1) for kv in a.set)}
+    overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in a.set)}
     if "betas" in overrides:
         overrides["betas"] = tuple(overrides["betas"])
     cfg = make_config(a.scale, **overrides)

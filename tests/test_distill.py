@@ -157,8 +157,7 @@ def test_kd_run_trains_projector_and_resumes_exactly(tmp_path):
     full = make_loss()
     psi = full.extra_modules["projector"]
     psi0 = [p.detach().clone() for p in psi.parameters()]
-    train(cfg, tmp_path / "full", loss_fn=full, extra_modules=full.extra_modules,
-          hooks=[distill.fig6_hook(full, tmp_path / "full")], progress=False)
+    train(cfg, tmp_path / "full", loss_fn=full, extra_modules=full.extra_modules, progress=False)
     assert any(not torch.equal(a, b) for a, b in zip(psi0, psi.parameters())), "ψ not trained"
     fig6 = distill.read_fig6(tmp_path / "full")
     assert [r["step"] for r in fig6] == [1, 2, 3, 4] and any(k.startswith("fig6_kd_bin") for k in fig6[0])

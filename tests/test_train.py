@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from snapgen.train import (TrainConfig, ema_update, load_checkpoint, make_config, read_metrics, save_checkpoint,
+from snapgen.train import (TrainConfig, ema_update, make_config, read_metrics, save_checkpoint,
                            train)
 
 # The smoke preset shrunk further: 8x8 pixels, a few images, every step logged.
@@ -148,7 +148,7 @@ def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
     net = EfficientUNet.from_pretrained(tmp_path / "checkpoint/unet")
     opt = torch.optim.AdamW(net.parameters())
     with pytest.raises(OSError):
-        save_checkpoint(tmp_path, net, net, opt, 99, 0, "x")
+        save_checkpoint(tmp_path, {"unet": net}, {"optimizer": opt.state_dict(), "step": 99, "run_hash": "x"})
     assert (tmp_path / "checkpoint/training_state.pt").read_bytes() == good
 
 
