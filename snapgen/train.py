@@ -311,7 +311,8 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
     net = (net_factory(conditioning.dim) if net_factory else EfficientUNet.from_unet_config(unet_cfg)).to(device)
     for module in extra_modules.values():
         module.to(device)
-    net_config = dict(net.config) if net_factory else unet_cfg.to_dict()
+    # diffusers adds private keys (`_name_or_path`, ...) to a loaded model's config: not part of what it is.
+    net_config = {k: v for k, v in net.config.items() if not k.startswith("_")} if net_factory else unet_cfg.to_dict()
     identity = {"train": dataclasses.asdict(cfg), "net": net_config, "net_class": type(net).__name__,
                 "extra_modules": sorted(extra_modules)}
     if getattr(loss_fn, "config", None) is not None:  # e.g. the KD row: a task run never resumes a KD run

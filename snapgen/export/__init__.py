@@ -1,0 +1,1 @@
+"""Deployment exports: Core ML (`snapgen.export.coreml`)."""
