@@ -78,8 +78,9 @@ table1: install
 table2: install
 	$(PY) -m reports.tables table2 --efficiency-only
 
+# `make table3 CKPTS="runs/a runs/b"` runs the four T2I benchmarks on each checkpoint first.
 table3: install
-	$(PY) -m reports.tables table3
+	@if [ -n "$(CKPTS)" ]; then $(PY) -m evals.table3 $(CKPTS); else $(PY) -m reports.tables table3; fi
 
 efficiency: install
 	$(PY) -m snapgen.profile walk fig3 --latent $(LATENT)

@@ -7,6 +7,7 @@ a grid does not depend on the batch it was drawn in.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,19 @@ def load_run(run: str | Path, ema: bool = True, device: str | torch.device = "cp
     return EfficientUNet.from_pretrained(weights).to(device).eval(), load_yaml(cfg_path)
 
 
+@functools.lru_cache(maxsize=2)
+def _text_encoder(name: str):
+    from .models.text import load_text_encoder
+
+    return load_text_encoder(name)  # once per process: the evals call `generate` once per batch of prompts
+
+
 @torch.no_grad()
 def generate(net, run_cfg: dict, prompts: list[str], per_prompt: int, steps: int, cfg_scale: float, seed: int = 0,
              sampler: str = "euler") -> np.ndarray:
     """Rows of `per_prompt` samples for each prompt -> uint8 grid (rows*R, per_prompt*R, 3)."""
-    from .models.text import load_text_encoder
-
     train_cfg, device = run_cfg["train"], net.device
-    hidden, mask, _ = load_text_encoder(train_cfg["text_encoder"]).encode(prompts)
+    hidden, mask, _ = _text_encoder(train_cfg["text_encoder"]).encode(prompts)
     length = max(run_cfg["text_len"], int(mask.sum(1).max()))
     hidden = hidden[:, :length].to(device).repeat_interleave(per_prompt, 0)
     mask = mask[:, :length].to(device).repeat_interleave(per_prompt, 0)
