@@ -30,6 +30,7 @@ EXPERIMENT_UNET_ABLATION = "unet-ablation"  # ARCHITECTURE.md MLflow schema
 WALK_METRIC_PANELS: list[tuple[str, str, str | None, bool]] = [
     ("fid", "FID (ImageNet 256, lower is better)", "fid", False),
     ("latency_ms", "latency (ms)", "latency_delta_pct", True),
+    ("val_loss", "validation loss (proxy; paper: none)", None, False),
 ]
 
 
@@ -103,6 +104,16 @@ def fig3(rows: list[dict], out: Path, efficiency_only: bool = False, tracking_ur
     return out
 
 
+def fig3_from_mlflow(out: Path, tracking_uri: str | None = None, scale: str | None = None) -> Path:
+    """Fig. 3 entirely from the sweep's MLflow runs (params/GFLOPs logged by `ablations.sweep unet`, no profiling)."""
+    from reports.tables import walk_rows_from_mlflow
+
+    rows, _, _ = walk_rows_from_mlflow("fig3", scale, tracking_uri)
+    rows = [{**r, "params_m": r.get("params_m"), "gflops": r.get("gflops"), "d_params_pct": r.get("d_params_m_pct"),
+             "d_gflops_pct": r.get("d_gflops_pct")} for r in rows]
+    return fig3(rows, out, tracking_uri=tracking_uri, latent=128)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reports.figures", description=__doc__.split("\n\n")[0])
     parser.add_argument("figure", choices=["fig3"])
@@ -111,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-json", type=Path, default=None,
                         help="walk rows from `python -m snapgen.profile walk fig3 --json` instead of profiling now")
     parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--from-mlflow", action="store_true",
+                        help="params/GFLOPs too from the sweep's MLflow runs (ablations.sweep unet), no profiling")
     parser.add_argument("--out", type=Path, default=DEFAULT_FIG3_OUT)
     args = parser.parse_args(argv)
+    if args.from_mlflow:
+        print(fig3_from_mlflow(args.out, args.tracking_uri))
+        return 0
     if args.from_json:
         data = json.loads(args.from_json.read_text())
         rows, latent = data["steps"], data.get("latent")

@@ -38,11 +38,15 @@ OURS_IMAGENET = "snapgen-imagenet"
 OURS_T2I = "snapgen-t2i"
 OURS_TINY_DECODER = "tiny"
 
-COLUMN_FORMATS = {"clip": ".3f", "dpg": ".1f"}  # decimals as the paper prints them; other floats ".2f"
+COLUMN_FORMATS = {"clip": ".3f", "dpg": ".1f", "val_loss": ".4f", "d_params": "+.1f", "d_gflops": "+.1f",
+                  "d_latency": "+.1f", "paper_d_params": "+.0f", "paper_d_gflops": "+.0f", "paper_d_latency": "+.0f"}  # decimals as the paper prints them; other floats ".2f"
 COLUMN_HEADERS = {
     "params_m": "Param (M)", "params_b": "Param (B)", "gflops": "FLOPs (G)", "fid": "FID", "psnr": "PSNR",
     "ch": "Ch", "latency_ms": "Latency (ms)", "throughput": "Throughput", "geneval": "GenEval", "dpg": "DPG",
     "clip": "CLIP", "image_reward": "ImageReward", "components": "KD components",
+    "d_params": "Δparam %", "paper_d_params": "paper Δparam %", "d_gflops": "ΔFLOPs %",
+    "paper_d_gflops": "paper ΔFLOPs %", "d_latency": "Δlatency %", "paper_d_latency": "paper Δlatency %",
+    "val_loss": "val loss", "paper_fid": "paper FID",
 }
 
 TABLE1_LATENT = 32  # ImageNet 256px through an f=8 AE -> 32x32 latent (Table 1: "one forward pass")
@@ -280,7 +284,109 @@ def kd_table(efficiency_only: bool = False, tracking_uri: str | None = None) -> 
     return table
 
 
-TABLES: dict[str, Callable[..., Table]] = {"table1": table1, "table2": table2, "table3": table3, "kd": kd_table}
+# --------------------------------------------------------------------------------------------------------------
+# Fig. 3 walk from the sweep's MLflow runs (ablations.sweep unet): one row per step, our deltas beside the paper's.
+
+EXPERIMENT_UNET_ABLATION = "unet-ablation"
+WALK_METRICS = ("params_m", "gflops", "latency_ms", "val_loss", "fid", "params_m_trained")
+
+
+def walk_rows_from_mlflow(walk: str = "fig3", scale: str | None = None, tracking_uri: str | None = None,
+                          experiment: str = EXPERIMENT_UNET_ABLATION) -> tuple[list[dict], str | None, str | None]:
+    """Rows of the walk's steps from FINISHED MLflow runs tagged `walk`: ([row], scale used, why empty or None).
+
+    A row has step, parent, delta, the `WALK_METRICS` (mean over seeds; newest run per seed), `seeds`, `device`,
+    `latency_backend` and `d_<metric>_pct` vs. the parent step. `scale` None = the scale of the newest run.
+    Steps without a run are rows with missing values.
+    """
+    from snapgen.registry import walk as registry_walk
+
+    uri = resolve_tracking_uri(tracking_uri)
+    steps = registry_walk(walk)
+    empty = [{"step": s.name, "parent": s.parent, "delta": s.delta} for s in steps]
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return empty, scale, f"no MLflow database at {uri.removeprefix('sqlite:///')} (tracking URI {uri})"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        runs = [] if exp is None else client.search_runs(
+            [exp.experiment_id], filter_string=f"attributes.status = 'FINISHED' and tags.walk = '{walk}'",
+            order_by=["attributes.start_time DESC"], max_results=50000)
+    except Exception as error:  # noqa: BLE001 - a tracking failure becomes a footnote
+        return empty, scale, f"could not read MLflow at {uri}: {type(error).__name__}: {error}"
+    if not runs:
+        return empty, scale, f"no finished {walk!r} runs in MLflow experiment {experiment!r} at {uri}"
+    scale = scale or runs[0].data.tags.get("scale")
+    newest: dict[tuple[str, str], Any] = {}
+    for run in runs:  # newest first
+        tags = run.data.tags
+        if tags.get("scale") == scale:
+            newest.setdefault((tags.get("step"), tags.get("seed")), run)
+    rows: dict[str, dict] = {}
+    for step in steps:
+        seeds = [r for (name, _), r in newest.items() if name == step.name]
+        row: dict[str, Any] = {"step": step.name, "parent": step.parent, "delta": step.delta, "seeds": len(seeds)}
+        for metric in WALK_METRICS:
+            values = [r.data.metrics[metric] for r in seeds if metric in r.data.metrics]
+            row[metric] = sum(values) / len(values) if values else None
+        if seeds:
+            row.update(device=seeds[0].data.tags.get("device"), latency_backend=seeds[0].data.tags.get(
+                "latency_backend"), run_ids=[r.info.run_id for r in seeds])
+        parent = rows.get(step.parent) if step.parent else None
+        for metric in WALK_METRICS:
+            value, base = row[metric], parent.get(metric) if parent else None
+            row[f"d_{metric}_pct"] = 100.0 * (value - base) / base if value is not None and base else None
+        rows[step.name] = row
+    found = sum(r["seeds"] > 0 for r in rows.values())
+    return list(rows.values()), scale, None if found else f"no finished {scale!r} runs of walk {walk!r}"
+
+
+def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, scale: str | None = None) -> Table:
+    """Fig. 3 walk: per step our params, GFLOPs (128x128 latent), latency and quality with deltas vs. the parent
+    step, beside the deltas Sec. 3.1 states (`paper.FIG3_STEPS`)."""
+    table = Table("fig3", "Fig. 3 walk: ours (MLflow unet-ablation) beside the paper (Sec. 3.1)", key="step")
+    if efficiency_only:
+        from snapgen.profile import profile_walk
+
+        rows = [{**r, "d_params_m_pct": r["d_params_pct"], "d_gflops_pct": r["d_gflops_pct"]}
+                for r in profile_walk("fig3", 128)]
+        why, scale = None, None
+        for r in rows:
+            _efficiency_only_note(table, r["step"], ["latency_ms", "val_loss", "fid"])
+    else:
+        rows, scale, why = walk_rows_from_mlflow("fig3", scale, tracking_uri)
+    out = []
+    for r in rows:
+        p = paper.FIG3_STEPS.get(r["step"])
+        out.append({
+            "step": r["step"], "params_m": r.get("params_m"), "d_params": r.get("d_params_m_pct"),
+            "paper_d_params": p.params_delta_pct if p else None, "gflops": r.get("gflops"),
+            "d_gflops": r.get("d_gflops_pct"), "paper_d_gflops": p.flops_delta_pct if p else None,
+            "latency_ms": r.get("latency_ms"), "d_latency": r.get("d_latency_ms_pct"),
+            "paper_d_latency": p.latency_delta_pct if p else None, "val_loss": r.get("val_loss"),
+            "fid": r.get("fid"), "paper_fid": p.fid if p else None,
+            # paper columns (Sec. 3.1 deltas) beside ours: the source names both, the paper first as in every table
+            "source": f"paper: Sec. 3.1 deltas; ours: MLflow unet-ablation ({scale or 'no'} scale)"
+            if not efficiency_only else "paper: Sec. 3.1 deltas; ours: snapgen.profile (128x128 latent)",
+        })
+        if not efficiency_only and not r.get("seeds"):
+            table.note(r["step"], why or f"no finished {scale!r} run of this step")
+        elif not efficiency_only and r.get("fid") is None:
+            table.note(r["step"], "FID not measured at this scale or its Inception weights were missing "
+                                  "(see the run's fid_note tag); val_loss is the quality proxy")
+    if not efficiency_only and any(r.get("seeds") for r in rows):
+        device = next((r.get("device") for r in rows if r.get("device")), None)
+        table.footnotes.append(f"params/GFLOPs/latency of the full-size architectures (the trained nets at smoke "
+                               f"scale are width-32 proxies); GFLOPs at a 128x128 latent; latency on {device}, "
+                               f"not the paper's iPhone 15 Pro; deltas (%) vs. the parent step")
+    table.frame = pd.DataFrame(out)
+    return table
+
+
+TABLES: dict[str, Callable[..., Table]] = {"table1": table1, "table2": table2, "table3": table3, "kd": kd_table,
+                                        "fig3": fig3_table}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,357 @@
+"""Ablation sweeps: `python -m ablations.sweep unet|unet_loo|kd|decoder [--scale smoke|small|paper]
+[--executor ray|local] [--seeds N] [--spec PATH] [--dry-run]`.
+
+A spec (`ablations/specs/<sweep>.yaml`) names the trials (a registry walk, or KD rows), and per scale the training
+overrides, the FID settings and the profile settings. `plan` turns it into trial dicts; each trial is a plain function
+call (`ablations.trial.run_trial`) wrapped by `run_and_log`, which skips configs MLflow already holds as FINISHED,
+retries a failed trial once, then logs it FAILED with its error and goes on. The executors only differ in where
+`run_and_log` runs: in this process (`local`), or as Ray Tune trials with one GPU each when GPUs exist (`ray`).
+
+Resume: run the same command again. Finished trials are skipped (their config hash is in MLflow), an interrupted
+trial resumes training from its checkpoint in `runs/sweeps/<sweep>/<config_hash>/`, profiles come from
+`runs/profile_cache/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ablations import tracking
+from ablations.trial import DEFAULT_OUT_ROOT, DEFAULT_PROFILE_CACHE, run_trial, trial_dir, trial_hash
+
+SPECS_DIR = Path(__file__).resolve().parent / "specs"
+SPEC_KEYS = {"sweep", "experiment", "walk", "steps", "arch", "rows", "teacher", "seeds", "metric_note", "scales",
+             "description"}
+SCALE_KEYS = {"train", "fid", "profile", "metric_note"}
+EXECUTORS = ("local", "ray")
+ATTEMPTS = 2  # a failed trial is retried once
+
+
+def available_sweeps() -> list[str]:
+    return sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))
+
+
+def load_spec(name_or_path: str | Path) -> dict[str, Any]:
+    """A spec by sweep name (`unet` -> ablations/specs/unet.yaml) or by path; unknown keys are errors."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SPECS_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"no spec for sweep {str(name_or_path)!r} ({path}); valid sweeps: "
+                                    f"{', '.join(available_sweeps())}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown spec keys {unknown}; valid keys: {sorted(SPEC_KEYS)}")
+    for key in ("sweep", "experiment", "scales"):
+        if key not in spec:
+            raise ValueError(f"{path}: spec needs {key!r}")
+    if spec["experiment"] not in tracking.EXPERIMENTS:
+        raise ValueError(f"{path}: experiment {spec['experiment']!r}; valid: {', '.join(tracking.EXPERIMENTS)}")
+    for scale, block in spec["scales"].items():
+        bad = sorted(set(block or {}) - SCALE_KEYS)
+        if bad:
+            raise ValueError(f"{path}: scale {scale!r} has unknown keys {bad}; valid keys: {sorted(SCALE_KEYS)}")
+    if ("walk" in spec) == ("rows" in spec):
+        raise ValueError(f"{path}: a spec names either a registry `walk` or KD `rows`, exactly one")
+    spec["_path"] = str(path)
+    return spec
+
+
+def _arch_strings(walk_name: str) -> dict[str, tuple[Any, str]]:
+    """{step name: (WalkStep, arch string)}: a preset followed by the step's deltas, resolvable by the registry."""
+    from snapgen import registry
+
+    steps = registry.walk(walk_name)
+    by_name = {s.name: s for s in steps}
+    out = {}
+    for step in steps:
+        if walk_name == "loo":  # the final model without one delta: rebuild it from the baseline
+            left_out = step.delta[1:] if step.delta else None
+            kept = [d for d in registry.SNAPGEN_DELTAS if d != left_out]
+            arch = "+".join(["baseline", *kept])
+        else:
+            chain, s = [], step
+            while s.delta is not None:
+                chain.append(s.delta)
+                s = by_name[s.parent]
+            arch = "+".join(["baseline", *reversed(chain)])
+        resolved = registry.resolve(arch)
+        if resolved.replace(cross_attention_dim=step.config.cross_attention_dim) != step.config:
+            raise RuntimeError(f"walk {walk_name!r} step {step.name}: {arch!r} does not resolve to the walk's config")
+        out[step.name] = (step, arch)
+    return out
+
+
+def plan(spec: dict[str, Any], scale: str, seeds: int | None = None, out_root: str | Path = DEFAULT_OUT_ROOT,
+         profile_cache: str | Path = DEFAULT_PROFILE_CACHE, progress: bool = True) -> list[dict[str, Any]]:
+    """The trial dicts of `spec` at `scale` (one per step/row and seed), in the spec's order."""
+    if scale not in spec["scales"]:
+        raise KeyError(f"{spec.get('_path', 'spec')} has no scale {scale!r}; its scales: {', '.join(spec['scales'])}")
+    block = spec["scales"][scale] or {}
+    n_seeds = int(seeds if seeds is not None else spec.get("seeds", 1))
+    common = {
+        "sweep": spec["sweep"], "experiment": spec["experiment"], "scale": scale,
+        "train": dict(block.get("train") or {}), "fid": dict(block.get("fid") or {"enabled": False}),
+        "profile": dict(block.get("profile") or {}),
+        "metric_note": block.get("metric_note", spec.get("metric_note", "")),
+        "_out_root": str(Path(out_root).resolve()), "_profile_cache": str(Path(profile_cache).resolve()),
+        "_progress": progress,
+    }
+    entries: list[dict[str, Any]] = []
+    if "walk" in spec:
+        walk = _arch_strings(spec["walk"])
+        wanted = spec.get("steps") or list(walk)
+        unknown = [s for s in wanted if s not in walk]
+        if unknown:
+            raise KeyError(f"steps {unknown} are not in walk {spec['walk']!r}; its steps: {', '.join(walk)}")
+        for name in wanted:
+            step, arch = walk[name]
+            entries.append({"walk": spec["walk"], "step": name, "parent": step.parent, "delta": step.delta,
+                            "arch": arch, "kd_row": None})
+    else:
+        from snapgen.registry import KD_ROWS
+
+        unknown = [r for r in spec["rows"] if r not in KD_ROWS]
+        if unknown:
+            raise KeyError(f"KD rows {unknown} unknown; valid rows (snapgen.registry.KD_ROWS): {', '.join(KD_ROWS)}")
+        for row in spec["rows"]:
+            entries.append({"walk": None, "step": row, "parent": None, "delta": None,
+                            "arch": spec.get("arch", "snapgen-imagenet"), "kd_row": row,
+                            "teacher": spec.get("teacher", "small")})
+    return [{**common, **entry, "seed": seed} for entry in entries for seed in range(n_seeds)]
+
+
+# ---- one trial, logged -------------------------------------------------------------------------------------------------
+
+
+def run_and_log(trial: dict[str, Any], uri: str | None = None, trial_fn: Callable = run_trial) -> dict[str, Any]:
+    """Run `trial` unless MLflow holds it FINISHED; retry once on error; log FINISHED or FAILED. Returns a summary."""
+    uri = tracking.absolute_uri(uri)
+    config_hash = trial_hash(trial)
+    summary = {"step": trial["step"], "seed": trial["seed"], "config_hash": config_hash, "run_id": None,
+               "error": None}
+    if config_hash in tracking.finished_hashes(trial["experiment"], uri):
+        return {**summary, "status": "skipped"}
+    start, error = time.time(), None
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            result = trial_fn(trial)
+            break
+        except Exception as exc:  # noqa: BLE001 - any failure of one trial is reported, the sweep goes on
+            error = f"attempt {attempt}/{ATTEMPTS}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+            print(f"[sweep] trial {trial['step']} (seed {trial['seed']}, {config_hash}) failed, {error.splitlines()[0]}",
+                  file=sys.stderr)
+    else:
+        tags = {"step": trial["step"], "scale": trial["scale"], "git_sha": tracking.git_sha(),
+                "config_hash": config_hash, "device": "unknown", "latency_backend": "none", "seed": trial["seed"],
+                "sweep": trial["sweep"], "metric_note": trial.get("metric_note", "")}
+        from snapgen.config import flatten
+
+        params = flatten({k: v for k, v in trial.items() if not k.startswith("_")})
+        run_id, _ = tracking.log_trial(trial["experiment"], trial["step"], tags=tags, params=params, metrics={},
+                                       error=error, uri=uri)
+        return {**summary, "status": "failed", "run_id": run_id, "error": error.splitlines()[0],
+                "seconds": time.time() - start}
+    tags = {**result["tags"], "git_sha": tracking.git_sha()}
+    run_id, logged = tracking.log_trial(trial["experiment"], trial["step"], tags=tags, params=result["params"],
+                                        metrics=result["metrics"], history=result["history"],
+                                        artifacts=result["artifacts"], uri=uri)
+    return {**summary, "status": "finished" if logged else "skipped", "run_id": run_id,
+            "seconds": time.time() - start}
+
+
+# ---- executors ---------------------------------------------------------------------------------------------------------
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def run_local(trials: list[dict[str, Any]], uri: str | None = None, trial_fn: Callable = run_trial,
+              on_done: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+    """Every trial in this process, in order. `on_done(summary)` after each (tests interrupt the sweep there)."""
+    summaries = []
+    for trial in trials:
+        summary = run_and_log(trial, uri, trial_fn)
+        summaries.append(summary)
+        print(f"[sweep] {summary['step']} seed {summary['seed']}: {summary['status']}"
+              + (f" ({summary['error']})" if summary["error"] else ""), file=sys.stderr)
+        if on_done is not None:
+            on_done(summary)
+    return summaries
+
+
+def _ray_trainable(config: dict[str, Any]) -> None:
+    from ray import tune
+
+    summary = run_and_log(config["trial"], config["uri"])
+    tune.report({k: ("" if v is None else v) for k, v in summary.items()})
+
+
+def run_ray(trials: list[dict[str, Any]], uri: str | None = None, storage: str | Path | None = None,
+            name: str = "sweep") -> list[dict[str, Any]]:
+    """The same trials as Ray Tune trials: one GPU each where GPUs exist, else one CPU, one at a time on CPU."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError as error:
+        raise RuntimeError(f"--executor ray needs ray[tune] ({error}); use --executor local") from error
+    if not trials:
+        return []
+    gpus = _gpu_count()
+    if not ray.is_initialized():
+        repo = str(Path(__file__).resolve().parents[1])
+        ray.init(include_dashboard=False, num_gpus=gpus, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": repo}})
+    uri = tracking.absolute_uri(uri)
+    resources = {"cpu": 1, "gpu": 1} if gpus else {"cpu": 1}
+    label = {trial_hash(t): f"{t['step']}-s{t['seed']}-{trial_hash(t)}" for t in trials}
+    tuner = tune.Tuner(
+        tune.with_resources(_ray_trainable, resources),
+        param_space={"trial": tune.grid_search(trials), "uri": uri},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max(1, gpus),  # CPU trials would only fight over the same cores
+            trial_name_creator=lambda t: label[trial_hash(t.config["trial"])],
+            trial_dirname_creator=lambda t: label[trial_hash(t.config["trial"])],
+        ),
+        run_config=tune.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  storage_path=str(Path(storage or Path(trials[0].get("_out_root") or
+                                                                        DEFAULT_OUT_ROOT) / "_ray").resolve()),
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=0),
+    )
+    grid = tuner.fit()
+    summaries = []
+    for result in grid:
+        trial = result.config["trial"]
+        if result.error is not None:  # the worker itself died twice (e.g. killed for memory): log it from here
+            tags = {"step": trial["step"], "scale": trial["scale"], "git_sha": tracking.git_sha(),
+                    "config_hash": trial_hash(trial), "device": "unknown", "latency_backend": "none"}
+            run_id, _ = tracking.log_trial(trial["experiment"], trial["step"], tags=tags, params={}, metrics={},
+                                           error=f"ray trial error: {result.error}", uri=uri)
+            summaries.append({"step": trial["step"], "seed": trial["seed"], "config_hash": trial_hash(trial),
+                              "status": "failed", "run_id": run_id, "error": str(result.error).splitlines()[0]})
+        else:
+            summaries.append({k: (None if v == "" else v) for k, v in result.metrics.items()
+                              if k in ("step", "seed", "config_hash", "status", "run_id", "error", "seconds")})
+    return summaries
+
+
+def run_sweep(trials: list[dict[str, Any]], executor: str = "local", uri: str | None = None,
+              **kwargs: Any) -> list[dict[str, Any]]:
+    """Run the trials MLflow does not hold as FINISHED; return one summary per trial (skipped ones included)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r}; valid: {', '.join(EXECUTORS)}")
+    uri = tracking.absolute_uri(uri)
+    done: dict[str, set[str]] = {}
+    todo, skipped = [], []
+    for trial in trials:
+        exp = trial["experiment"]
+        if exp not in done:
+            done[exp] = tracking.finished_hashes(exp, uri)
+        if trial_hash(trial) in done[exp]:
+            skipped.append({"step": trial["step"], "seed": trial["seed"], "config_hash": trial_hash(trial),
+                            "status": "skipped", "run_id": None, "error": None})
+        else:
+            todo.append(trial)
+    if executor == "local":
+        ran = run_local(todo, uri, **kwargs)
+    else:
+        ran = run_ray(todo, uri, **kwargs)
+    return skipped + ran
+
+
+def prune_checkpoint(out: Path) -> None:
+    """Keep only `checkpoint/unet_ema` (evaluation) of a finished trial: a later rerun skips it, so nothing resumes."""
+    import shutil
+
+    ckpt = Path(out) / "checkpoint"
+    (ckpt / "training_state.pt").unlink(missing_ok=True)
+    shutil.rmtree(ckpt / "unet", ignore_errors=True)
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------------------------
+
+
+def _report(spec: dict[str, Any], scale: str, uri: str, figure: Path | None) -> None:
+    """The Fig. 3 table beside the paper (reports.tables fig3) and the figure, for the fig3 walk."""
+    if spec.get("walk") != "fig3":
+        return
+    from reports import tables
+
+    body, notes = tables.render(tables.fig3_table(tracking_uri=uri, scale=scale), "md")
+    print(body + ("\n\n" + notes if notes else ""))
+    if figure is not None:
+        try:
+            from reports.figures import fig3_from_mlflow
+
+            print(f"figure: {fig3_from_mlflow(figure, uri, scale)}")
+        except Exception as error:  # noqa: BLE001 - the figure is a convenience; the table above is the record
+            print(f"figure not written: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ablations.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", help=f"sweep name ({', '.join(available_sweeps())}); its spec is "
+                                      f"ablations/specs/<sweep>.yaml unless --spec is given")
+    parser.add_argument("--scale", default="smoke", choices=["smoke", "small", "paper"])
+    parser.add_argument("--executor", default="local", choices=EXECUTORS)
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per trial (default: the spec's)")
+    parser.add_argument("--spec", default=None, help="a spec file instead of ablations/specs/<sweep>.yaml")
+    parser.add_argument("--out-root", default=str(DEFAULT_OUT_ROOT), help="trial directories go under here")
+    parser.add_argument("--profile-cache", default=str(DEFAULT_PROFILE_CACHE))
+    parser.add_argument("--tracking-uri", default=None, help=f"default $MLFLOW_TRACKING_URI or "
+                                                             f"{tracking.DEFAULT_TRACKING_URI}")
+    parser.add_argument("--figure", default="reports/figures/fig3_sweep.png", help="Fig. 3 PNG ('' = none)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--prune-checkpoints", action="store_true",
+                        help="after a trial is logged FINISHED, delete its optimizer state and raw weights, keeping "
+                             "checkpoint/unet_ema (full-size trials take ~6 GB each otherwise)")
+    parser.add_argument("--dry-run", action="store_true", help="print the trials and which would run, then exit")
+    args = parser.parse_args(argv)
+
+    spec = load_spec(args.spec or args.sweep)
+    trials = plan(spec, args.scale, args.seeds, args.out_root, args.profile_cache, progress=not args.no_progress)
+    uri = tracking.absolute_uri(args.tracking_uri)
+    if args.dry_run:
+        done = tracking.finished_hashes(spec["experiment"], uri) if Path(
+            uri.removeprefix("sqlite:///")).is_file() or not uri.startswith("sqlite") else set()
+        for t in trials:
+            state = "done" if trial_hash(t) in done else "to run"
+            print(f"{t['step']:24s} seed {t['seed']}  {trial_hash(t)}  {state:7s} {t['arch']}")
+        print(json.dumps({k: v for k, v in trials[0].items() if k not in ("step", "parent", "delta", "arch")},
+                         indent=1, default=str) if trials else "no trials")
+        return 0
+    print(f"[sweep] {spec['sweep']} at {args.scale}: {len(trials)} trials, executor {args.executor}, MLflow {uri}",
+          file=sys.stderr)
+    start = time.time()
+    summaries = run_sweep(trials, args.executor, uri)
+    if args.prune_checkpoints:
+        status = {s["config_hash"]: s["status"] for s in summaries}
+        for trial in trials:
+            if status.get(trial_hash(trial)) in ("finished", "skipped"):
+                prune_checkpoint(trial_dir(trial))
+    counts = {s: sum(x["status"] == s for x in summaries) for s in ("finished", "skipped", "failed")}
+    print(f"[sweep] done in {(time.time() - start) / 60:.1f} min: {counts}", file=sys.stderr)
+    for s in summaries:
+        if s["status"] == "failed":
+            print(f"[sweep] FAILED {s['step']} seed {s['seed']}: {s['error']}", file=sys.stderr)
+    _report(spec, args.scale, uri, Path(args.figure) if args.figure else None)
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

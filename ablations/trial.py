@@ -1,0 +1,244 @@
+"""One ablation trial as a plain function of a config dict: train -> evaluate -> profile (STYLE.md 11).
+
+`run_trial(trial)` knows nothing of Ray or MLflow: it returns the metrics, per-step history, tags, params and
+artifact paths that `ablations.tracking.log_trial` writes. The trial dict (built by `ablations.sweep.plan`):
+
+    sweep, experiment, walk, step, parent, delta   where the trial comes from (run name = step)
+    arch                                           preset[+delta...] for snapgen.registry.resolve
+    scale, seed, train                             snapgen.train.make_config(scale, arch=..., seed=..., **train)
+    kd_row                                         a snapgen.registry.KD_ROWS name (kd sweep) or None
+    fid      {enabled, num_samples, sample_steps, guidance, batch_size}
+    profile  {architecture: full|trained, flops_latents, latency_latent, latency_warmup, latency_repeats}
+    metric_note                                    what the quality metric is (e.g. "val_loss is a proxy, not FID")
+    _out_root, _profile_cache, _progress           where it runs (leading underscore: not part of the identity)
+
+Efficiency columns describe `profile.architecture`: `full` = the real, unshrunk architecture `resolve(arch)` (what
+Fig. 3 compares), not the width-32 proxy trained at smoke scale; `params_m_trained` is the trained net's size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from snapgen.config import flatten, stable_hash
+
+DEFAULT_OUT_ROOT = Path("runs/sweeps")
+DEFAULT_PROFILE_CACHE = Path("runs/profile_cache")
+HISTORY_KEYS = ("train_loss", "val_loss", "val_loss_ema", "grad_norm")
+
+
+def trial_hash(trial: dict[str, Any]) -> str:
+    """Hash of the trial's full config (keys starting with `_` say where it runs, not what it is)."""
+    return stable_hash({k: v for k, v in trial.items() if not k.startswith("_")})
+
+
+def trial_dir(trial: dict[str, Any]) -> Path:
+    """`<out_root>/<sweep>/<config_hash>/`: a rerun with the same config resumes training there."""
+    return Path(trial.get("_out_root") or DEFAULT_OUT_ROOT) / trial["sweep"] / trial_hash(trial)
+
+
+def train_config(trial: dict[str, Any]):
+    from snapgen.train import make_config
+
+    overrides = dict(trial.get("train") or {})
+    if "betas" in overrides:
+        overrides["betas"] = tuple(overrides["betas"])
+    return make_config(trial["scale"], arch=trial["arch"], seed=int(trial["seed"]), **overrides)
+
+
+def kd_setup(trial: dict[str, Any], cfg) -> dict[str, Any]:
+    """The KD sweep's training arguments: `snapgen.distill.kd_loss_fn` for the trial's `registry.KD_ROWS` row.
+
+    Rows with KD terms load the teacher `trial['teacher']` (default 'small': `snapgen.teachers.load_teacher`).
+    Returns `train` keyword arguments: loss_fn, extra_modules (the feature projector ψ), hooks (Fig. 6 bins).
+    """
+    from snapgen.registry import KD_ROWS
+
+    row = trial["kd_row"]
+    if row not in KD_ROWS:
+        raise KeyError(f"unknown KD row {row!r}; valid rows (snapgen.registry.KD_ROWS): {', '.join(KD_ROWS)}")
+    try:
+        from snapgen import distill, teachers
+    except ImportError as error:
+        raise RuntimeError(f"the kd sweep needs snapgen.distill.kd_loss_fn (Eq. 4-8) and snapgen.teachers, which are "
+                           f"not available ({error})") from error
+    from snapgen import flow
+    from snapgen.models.text import load_text_encoder
+
+    toggles = KD_ROWS[row]
+    teacher, student_channels = None, None
+    if toggles["kd"] or toggles["featkd"]:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        teacher = teachers.load_teacher(trial.get("teacher") or "small", device)
+    if toggles["featkd"]:
+        text_dim = load_text_encoder(cfg.text_encoder).dim
+        student_channels = distill.student_feature_channels(cfg.unet_config(text_dim))
+    loss_fn = distill.kd_loss_fn(toggles, teacher, objective=flow.get_objective(cfg.objective),
+                                 student_channels=student_channels)
+    out = {"loss_fn": loss_fn}
+    if getattr(loss_fn, "extra_modules", None):
+        out["extra_modules"] = loss_fn.extra_modules
+    return out
+
+
+# ---- profile (cached on disk by the architecture's hash) --------------------------------------------------------------
+
+
+def _cached(cache_dir: Path, key: dict[str, Any], compute) -> dict[str, Any]:
+    path = cache_dir / f"{stable_hash(key, length=16)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({**value, "cache_key": key}, indent=1, default=str))
+    tmp.replace(path)
+    return value
+
+
+def profile_architecture(unet_cfg, spec: dict[str, Any], cache_dir: Path) -> dict[str, Any]:
+    """Params, GFLOPs at each of `spec['flops_latents']` and host latency at `spec['latency_latent']`.
+
+    Each number is cached in `cache_dir` under the hash of (architecture, what, latent[, device]): repeated seeds and
+    reruns do not trace the network again (a 128x128 trace takes minutes on a CPU).
+    """
+    from snapgen import profile
+    from snapgen.models import EfficientUNet
+
+    arch_hash = unet_cfg.config_hash()
+    net: list[torch.nn.Module] = []  # built on first need
+
+    def get_net() -> torch.nn.Module:
+        if not net:
+            torch.manual_seed(0)
+            net.append(EfficientUNet.from_unet_config(unet_cfg).eval())
+        return net[0]
+
+    out: dict[str, Any] = {"arch_hash": arch_hash}
+    out["params"] = _cached(cache_dir, {"arch": arch_hash, "what": "params"},
+                            lambda: {"params": profile.count_params(get_net())})["params"]
+    for latent in spec.get("flops_latents", []):
+        flops = _cached(cache_dir, {"arch": arch_hash, "what": "flops", "latent": int(latent)},
+                        lambda: {k: v for k, v in profile.count_flops(
+                            get_net(), get_net().dummy_inputs(latent=(int(latent), int(latent)))).items()
+                            if k in ("gflops", "gflops_fvcore_default", "gflops_attention", "skipped_ops")})
+        out[f"gflops_{int(latent)}"] = flops["gflops"]
+    latency_latent = spec.get("latency_latent")
+    if latency_latent:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device_name = profile._device_name(torch.device(device))
+        repeats, warmup = int(spec.get("latency_repeats", 5)), int(spec.get("latency_warmup", 2))
+
+        def measure() -> dict[str, Any]:
+            model = get_net().to(device)
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                      for k, v in model.dummy_inputs(latent=(int(latency_latent),) * 2).items()}
+
+            def forward() -> None:
+                with torch.no_grad():
+                    model(**inputs)
+
+            result = profile.measure_latency(forward, warmup=warmup, repeats=repeats, device=device)
+            model.to("cpu")
+            return result
+
+        out["latency"] = _cached(cache_dir, {"arch": arch_hash, "what": "latency", "latent": int(latency_latent),
+                                             "device": device_name, "torch": torch.__version__, "repeats": repeats,
+                                             "threads": torch.get_num_threads()}, measure)
+    return out
+
+
+# ---- the trial ---------------------------------------------------------------------------------------------------------
+
+
+def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
+    """Train, evaluate and profile one config. Returns {metrics, history, tags, params, artifacts, out}.
+
+    Raises whatever training raises (the sweep retries once, then logs the trial as FAILED).
+    """
+    from snapgen.models import EfficientUNet
+    from snapgen.registry import resolve
+    from snapgen.train import read_metrics, train
+
+    config_hash = trial_hash(trial)
+    out = trial_dir(trial)
+    cfg = train_config(trial)
+    train_kwargs = kd_setup(trial, cfg) if trial.get("kd_row") else {}
+
+    # train (resumes from out/checkpoint when rerun)
+    result = train(cfg, out, progress=bool(trial.get("_progress", True)), **train_kwargs)
+    trained_cfg = result["unet_config"]
+
+    # evaluate: validation loss always (from training's last record), FID when its weights are found
+    metrics: dict[str, float | None] = {k: result.get(k) for k in ("val_loss", "val_loss_ema", "train_loss")}
+    tags: dict[str, Any] = {}
+    fid_spec = trial.get("fid") or {}
+    if fid_spec.get("enabled"):
+        from evals import fid as fid_eval
+
+        try:
+            fid = fid_eval.fid_of_run(out, num_samples=int(fid_spec.get("num_samples", 1000)),
+                                      sample_steps=int(fid_spec.get("sample_steps", cfg.sample_steps)),
+                                      guidance=float(fid_spec.get("guidance", cfg.sample_cfg)),
+                                      batch_size=int(fid_spec.get("batch_size", 100)))
+            metrics["fid"] = fid["fid"]
+            tags["fid_note"] = (f"clean-fid ({fid['mode']}) of {fid['num_samples']} samples vs. {fid['reference']}"
+                                + ("" if fid["num_samples"] >= 50_000 else "; the paper uses 50k samples"))
+        except fid_eval.FIDWeightsMissing as error:
+            warnings.warn(str(error))
+            metrics["fid"] = None
+            tags["fid_note"] = f"missing: {str(error).splitlines()[0][:300]}"
+    else:
+        tags["fid_note"] = "not computed at this scale (spec fid.enabled: false)"
+
+    # profile: the real architecture unless the spec says "trained"
+    prof_spec = trial.get("profile") or {}
+    which = prof_spec.get("architecture", "full")
+    if which not in ("full", "trained"):
+        raise ValueError(f"profile.architecture={which!r}; valid: 'full', 'trained'")
+    profiled_cfg = resolve(trial["arch"]) if which == "full" else trained_cfg
+    cache = Path(trial.get("_profile_cache") or DEFAULT_PROFILE_CACHE)
+    prof = profile_architecture(profiled_cfg, prof_spec, cache)
+    trained_params = sum(p.numel() for p in EfficientUNet.from_unet_config(trained_cfg).parameters())
+    latents = [int(n) for n in prof_spec.get("flops_latents", [])]
+    metrics.update(params_m=prof["params"] / 1e6, params_m_trained=trained_params / 1e6,
+                   gflops=prof.get(f"gflops_{latents[0]}") if latents else None)
+    metrics.update({f"gflops_{n}": prof[f"gflops_{n}"] for n in latents})
+    latency = prof.get("latency")
+    metrics["latency_ms"] = latency["median_ms"] if latency else None
+    tags.update(
+        device=latency["device"] if latency else ("cuda" if torch.cuda.is_available() else "cpu"),
+        latency_backend=latency["backend"] if latency else "none",
+        efficiency_arch=("params_m, gflops and latency_ms are of the full-size architecture resolve(arch) "
+                         f"(hash {prof['arch_hash']}), not the trained proxy; params_m_trained is the trained net"
+                         if which == "full" else "params_m, gflops and latency_ms are of the trained (shrunk) net"),
+    )
+
+    history = [(k, float(rec[k]), int(rec["step"])) for rec in read_metrics(out) for k in HISTORY_KEYS if k in rec]
+    tags.update(step=trial["step"], scale=trial["scale"], config_hash=config_hash, seed=trial["seed"],
+                sweep=trial["sweep"], walk=trial.get("walk") or "", parent=trial.get("parent") or "",
+                delta=trial.get("delta") or "", arch_hash=prof["arch_hash"], metric_note=trial.get("metric_note", ""))
+    params = flatten({k: v for k, v in trial.items() if not k.startswith("_") and k != "train"})
+    params.update(flatten({"train": {k: v for k, v in _asdict(cfg).items()}}))
+    params.update(flatten({"unet": trained_cfg.to_dict()}))
+    params["flops_latent"] = latents[0] if latents else None
+    params["latency_latent"] = prof_spec.get("latency_latent")
+    params["latency_dtype"] = latency["dtype"] if latency else None
+    artifacts = [out / "config.yaml", out / "metrics.jsonl", result.get("sample_grid")]
+    return {"metrics": metrics, "history": history, "tags": tags, "params": params,
+            "artifacts": [str(a) for a in artifacts if a], "out": str(out)}
+
+
+def _asdict(cfg) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+__all__ = ["trial_hash", "trial_dir", "train_config", "kd_setup", "profile_architecture", "run_trial"]

@@ -1,0 +1,146 @@
+"""ablations.sweep: plans from the specs, and tiny two-trial sweeps through the local executor and Ray.
+
+The trials really train (3 steps at width 32, 16x16) and profile the trained net at an 8x8 input, so the whole path
+(train -> evaluate -> profile -> MLflow) runs; a shared output root lets later tests resume finished training.
+"""
+
+import pytest
+import yaml
+
+from ablations import sweep, tracking
+from ablations.trial import trial_hash
+
+TINY_SPEC = {
+    "sweep": "unet", "experiment": "unet-ablation", "walk": "fig3", "steps": ["a_baseline", "b_no_sa_high_res"],
+    "seeds": 1, "metric_note": "val_loss is a proxy, not FID",
+    "scales": {"smoke": {
+        "train": {"steps": 3, "val_every": 3, "ckpt_every": 3, "log_every": 1, "val_size": 8, "samples_per_class": 1,
+                  "sample_steps": 2},
+        "fid": {"enabled": True, "num_samples": 4, "sample_steps": 2, "batch_size": 4},
+        "profile": {"architecture": "trained", "flops_latents": [8], "latency_latent": 8, "latency_warmup": 0,
+                    "latency_repeats": 1},
+    }},
+}
+SCHEMA_METRICS = {"params_m", "params_m_trained", "gflops", "gflops_8", "latency_ms", "val_loss", "train_loss"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("sweep")
+
+
+@pytest.fixture
+def tiny_trials(workdir):
+    spec_file = workdir / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY_SPEC))
+    spec = sweep.load_spec(spec_file)
+    return sweep.plan(spec, "smoke", out_root=workdir / "runs", profile_cache=workdir / "cache", progress=False)
+
+
+def _runs(uri):
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name("unet-ablation")
+    return c.search_runs([exp.experiment_id]) if exp else []
+
+
+def _check_schema(run):
+    assert set(tracking.REQUIRED_TAGS) <= set(run.data.tags)
+    assert run.data.tags["metric_note"] == "val_loss is a proxy, not FID"
+    assert run.data.tags["fid_note"]  # a number with its sample count, or "missing: <which file>"
+    assert SCHEMA_METRICS <= set(run.data.metrics)
+    assert {"flops_latent", "train.steps", "unet.conv", "arch", "seed"} <= set(run.data.params)
+    assert run.data.params["flops_latent"] == "8" and run.data.params["train.steps"] == "3"
+
+
+def test_specs_plan_the_walks():
+    unet = sweep.plan(sweep.load_spec("unet"), "smoke")
+    assert [t["step"] for t in unet] == ["a_baseline", "b_no_sa_high_res", "c_sepconv_plain", "c_sepconv_expanded",
+                                         "d_ffn_trim", "e_mqa", "f_first_stage_ca", "g_qk_rmsnorm_rope"]
+    assert unet[2]["parent"] == "b_no_sa_high_res" and unet[2]["arch"] == "baseline+no_sa_high_res+sepconv_plain"
+    assert unet[-1]["arch"].count("+") == 6
+    assert len({trial_hash(t) for t in sweep.plan(sweep.load_spec("unet"), "small", seeds=2)}) == 16
+    assert len(sweep.plan(sweep.load_spec("unet_loo"), "smoke")) == 7
+    assert [t["kd_row"] for t in sweep.plan(sweep.load_spec("kd"), "smoke")] == [
+        "task", "task+kd", "task+kd+featkd", "task+kd+featkd+t_scaling"]
+    # the run location is not part of a trial's identity; its config is
+    a, b = unet[0], {**unet[0], "_out_root": "/elsewhere", "_progress": False}
+    assert trial_hash(a) == trial_hash(b) != trial_hash({**a, "seed": 1})
+
+
+def test_spec_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY_SPEC, "stepz": []}))
+    with pytest.raises(ValueError, match="stepz"):
+        sweep.load_spec(bad)
+    with pytest.raises(FileNotFoundError, match="unet"):
+        sweep.load_spec("no_such_sweep")
+    with pytest.raises(KeyError, match="paper"):
+        sweep.plan({**TINY_SPEC, "scales": {"smoke": {}}}, "paper")
+
+
+def test_local_sweep_logs_two_runs_then_none(tiny_trials, mlflow_uri):
+    summaries = sweep.run_sweep(tiny_trials, "local", mlflow_uri)
+    assert [s["status"] for s in summaries] == ["finished", "finished"]
+    runs = _runs(mlflow_uri)
+    assert sorted(r.info.run_name for r in runs) == ["a_baseline", "b_no_sa_high_res"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        _check_schema(run)
+    history = tracking.client(mlflow_uri).get_metric_history(runs[0].info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    # a rerun logs nothing
+    assert [s["status"] for s in sweep.run_sweep(tiny_trials, "local", mlflow_uri)] == ["skipped", "skipped"]
+    assert len(_runs(mlflow_uri)) == 2
+
+
+def test_interrupted_sweep_finishes_on_rerun(tiny_trials, mlflow_uri):
+    def stop(summary):
+        raise KeyboardInterrupt  # the sweep is killed after its first trial
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(tiny_trials, "local", mlflow_uri, on_done=stop)
+    assert [r.info.run_name for r in _runs(mlflow_uri)] == ["a_baseline"]
+    assert [s["status"] for s in sweep.run_sweep(tiny_trials, "local", mlflow_uri)] == ["skipped", "finished"]
+    assert sorted(r.info.run_name for r in _runs(mlflow_uri)) == ["a_baseline", "b_no_sa_high_res"]
+
+
+def test_failing_trial_is_reported_and_sweep_goes_on(tiny_trials, mlflow_uri):
+    broken = {**tiny_trials[0], "train": {**tiny_trials[0]["train"], "batch_size": 3, "grad_accum": 2}}
+    summaries = sweep.run_sweep([broken, tiny_trials[1]], "local", mlflow_uri)
+    assert [s["status"] for s in summaries] == ["failed", "finished"]
+    assert "divisible" in summaries[0]["error"] and "attempt 2/2" in summaries[0]["error"]
+    by_name = {r.info.run_name: r for r in _runs(mlflow_uri)}
+    assert by_name["a_baseline"].info.status == "FAILED" and "divisible" in by_name["a_baseline"].data.tags["error"]
+    assert by_name["b_no_sa_high_res"].info.status == "FINISHED"
+
+
+def test_kd_task_row_runs_through_distill(tiny_trials, mlflow_uri):
+    """The kd sweep's 'task' row (no teacher) goes through snapgen.distill.kd_loss_fn, or fails saying it is absent."""
+    kd = {**tiny_trials[0], "sweep": "kd", "experiment": "kd-ablation", "step": "task", "kd_row": "task",
+          "teacher": "small", "walk": None, "parent": None, "delta": None}
+    (summary,) = sweep.run_sweep([kd], "local", mlflow_uri)
+    try:
+        import snapgen.distill  # noqa: F401
+    except ImportError:
+        assert summary["status"] == "failed" and "snapgen.distill.kd_loss_fn" in summary["error"]
+        return
+    assert summary["status"] == "finished", summary["error"]
+    (run,) = tracking.client(mlflow_uri).search_runs(
+        [tracking.client(mlflow_uri).get_experiment_by_name("kd-ablation").experiment_id])
+    assert run.info.run_name == "task" and run.data.params["kd_row"] == "task"
+
+
+@pytest.mark.slow  # Ray's start-up and two fresh worker processes: ~1-3 min on a shared 2-core CPU
+def test_ray_sweep_logs_two_runs(tiny_trials, mlflow_uri):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        summaries = sweep.run_sweep(tiny_trials, "ray", mlflow_uri)
+    finally:
+        ray.shutdown()
+    assert sorted(s["status"] for s in summaries) == ["finished", "finished"]
+    runs = _runs(mlflow_uri)
+    assert sorted(r.info.run_name for r in runs) == ["a_baseline", "b_no_sa_high_res"]
+    for run in runs:
+        _check_schema(run)
+    assert [s["status"] for s in sweep.run_sweep(tiny_trials, "ray", mlflow_uri)] == ["skipped", "skipped"]
