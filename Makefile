@@ -58,7 +58,7 @@ test: install
 # target runs the efficiency walk (params, FLOPs, latency of each step) instead.
 ablation-unet: install
 	@if [ -f ablations/sweep.py ]; then \
-	  $(PY) -m ablations.sweep unet --scale $(SCALE) --executor $(EXECUTOR) && $(PY) -m reports.tables table1; \
+	  $(PY) -m ablations.sweep unet --scale $(SCALE) --executor $(EXECUTOR) && $(PY) -m reports.tables table1 --efficiency-only; \
 	else \
 	  echo "ablations/sweep.py not present yet: running the efficiency walk"; \
 	  $(PY) -m snapgen.profile walk fig3 --latent $(LATENT); \

@@ -274,6 +274,55 @@ def run_sweep(trials: list[dict[str, Any]], executor: str = "local", uri: str | 
     return skipped + ran
 
 
+# ---- without MLflow (a GPU box with only torch): results to disk, logged here later ------------------------------------
+
+RESULT_FILE = "trial_result.json"
+
+
+def run_untracked(trials: list[dict[str, Any]], trial_fn: Callable = run_trial) -> list[dict[str, Any]]:
+    """Run each trial whose directory holds no result yet; write `<trial dir>/trial_result.json` (paths relative to
+    the trial dir) for `ingest` to log. No MLflow, no Ray: what a bare GPU machine can run."""
+    summaries = []
+    for trial in trials:
+        out = trial_dir(trial)
+        if (out / RESULT_FILE).is_file():
+            summaries.append({"step": trial["step"], "seed": trial["seed"], "status": "skipped"})
+            continue
+        start = time.time()
+        result = trial_fn(trial)
+        result["artifacts"] = [str(Path(a).resolve().relative_to(out.resolve())) for a in result["artifacts"]]
+        result["tags"]["git_sha"] = tracking.git_sha()  # the code that ran, recorded where it ran
+        record = {"trial": {k: v for k, v in trial.items() if not k.startswith("_")}, "config_hash": trial_hash(trial),
+                  **{k: result[k] for k in ("metrics", "history", "tags", "params", "artifacts")}}
+        (out / RESULT_FILE).write_text(json.dumps(record, default=str))
+        summaries.append({"step": trial["step"], "seed": trial["seed"], "status": "finished",
+                          "seconds": time.time() - start})
+        print(f"[sweep] {trial['step']} seed {trial['seed']}: finished in {time.time() - start:.0f} s "
+              f"(val_loss {result['metrics'].get('val_loss')})", file=sys.stderr)
+    return summaries
+
+
+def ingest(root: str | Path, uri: str | None = None) -> list[dict[str, Any]]:
+    """Log every `trial_result.json` under `root` to MLflow (the schema of `tracking.log_trial`); a trial MLflow
+    already holds as FINISHED is not logged again."""
+    uri = tracking.absolute_uri(uri)
+    summaries = []
+    for path in sorted(Path(root).rglob(RESULT_FILE)):
+        record = json.loads(path.read_text())
+        trial = record["trial"]
+        if record["config_hash"] in tracking.finished_hashes(trial["experiment"], uri):
+            summaries.append({"step": trial["step"], "status": "skipped"})
+            continue
+        artifacts = [str(path.parent / a) for a in record["artifacts"] if (path.parent / a).exists()]
+        run_id, logged = tracking.log_trial(trial["experiment"], trial["step"],
+                                            tags={**record["tags"], "ingested_from": str(path.parent)},
+                                            params=record["params"], metrics=record["metrics"],
+                                            history=[tuple(h) for h in record["history"]], artifacts=artifacts,
+                                            uri=uri)
+        summaries.append({"step": trial["step"], "status": "finished" if logged else "skipped", "run_id": run_id})
+    return summaries
+
+
 def prune_checkpoint(out: Path) -> None:
     """Keep only `checkpoint/unet_ema` (evaluation) of a finished trial: a later rerun skips it, so nothing resumes."""
     import shutil
@@ -321,11 +370,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="after a trial is logged FINISHED, delete its optimizer state and raw weights, keeping "
                              "checkpoint/unet_ema (full-size trials take ~6 GB each otherwise)")
     parser.add_argument("--dry-run", action="store_true", help="print the trials and which would run, then exit")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override the scale's training options (part of each trial's identity)")
+    parser.add_argument("--only", nargs="*", default=None, metavar="STEP", help="run only these steps/rows")
+    parser.add_argument("--no-tracking", action="store_true",
+                        help="no MLflow: write <trial dir>/trial_result.json; log them later with "
+                             "`python -m ablations.sweep ingest DIR`")
     args = parser.parse_args(argv)
+    uri = tracking.absolute_uri(args.tracking_uri)
+    if args.sweep == "ingest":  # `python -m ablations.sweep ingest DIR`: DIR is --out-root of an untracked sweep
+        summaries = ingest(args.out_root, uri)
+        print(f"[sweep] ingested {sum(s['status'] == 'finished' for s in summaries)} run(s), "
+              f"skipped {sum(s['status'] == 'skipped' for s in summaries)} into {uri}", file=sys.stderr)
+        return 0
 
     spec = load_spec(args.spec or args.sweep)
+    if args.set:
+        from snapgen.train import parse_value
+
+        for block in spec["scales"].values():
+            if block is not None:
+                block["train"] = {**(block.get("train") or {}),
+                                  **{k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}}
     trials = plan(spec, args.scale, args.seeds, args.out_root, args.profile_cache, progress=not args.no_progress)
-    uri = tracking.absolute_uri(args.tracking_uri)
+    if args.only is not None:
+        unknown = sorted(set(args.only) - {t["step"] for t in trials})
+        if unknown:
+            raise SystemExit(f"--only {unknown}: not in this sweep; its steps: {', '.join(t['step'] for t in trials)}")
+        trials = [t for t in trials if t["step"] in args.only]
     if args.dry_run:
         done = tracking.finished_hashes(spec["experiment"], uri) if Path(
             uri.removeprefix("sqlite:///")).is_file() or not uri.startswith("sqlite") else set()
@@ -334,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{t['step']:24s} seed {t['seed']}  {trial_hash(t)}  {state:7s} {t['arch']}")
         print(json.dumps({k: v for k, v in trials[0].items() if k not in ("step", "parent", "delta", "arch")},
                          indent=1, default=str) if trials else "no trials")
+        return 0
+    if args.no_tracking:
+        summaries = run_untracked(trials)
+        print(f"[sweep] untracked: {[(s['step'], s['status']) for s in summaries]}", file=sys.stderr)
         return 0
     print(f"[sweep] {spec['sweep']} at {args.scale}: {len(trials)} trials, executor {args.executor}, MLflow {uri}",
           file=sys.stderr)

@@ -48,7 +48,8 @@ def absolute_uri(uri: str | None = None) -> str:
 
 
 def git_sha(repo: str | Path | None = None) -> str:
-    """`HEAD`'s sha, with `-dirty` when the tree has uncommitted changes to tracked files; `unknown` outside git."""
+    """`HEAD`'s sha, with `-dirty` when the tree has uncommitted changes to tracked files. Outside git (a GPU box that
+    got the working tree only): `$SNAPGEN_GIT_SHA` as the sender recorded it, else `unknown`."""
     repo = Path(repo or Path(__file__).resolve().parents[1])
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True,
@@ -56,7 +57,7 @@ def git_sha(repo: str | Path | None = None) -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("SNAPGEN_GIT_SHA", "unknown")
     return sha + ("-dirty" if dirty else "")
 
 

@@ -144,3 +144,24 @@ def test_ray_sweep_logs_two_runs(tiny_trials, mlflow_uri):
     for run in runs:
         _check_schema(run)
     assert [s["status"] for s in sweep.run_sweep(tiny_trials, "ray", mlflow_uri)] == ["skipped", "skipped"]
+
+
+def test_untracked_sweep_then_ingest_logs_each_trial_once(tmp_path, mlflow_uri):
+    """A bare GPU box runs `--no-tracking`; its trial_result.json files are logged here by `ingest`, once."""
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump({**TINY_SPEC, "scales": {"smoke": {**TINY_SPEC["scales"]["smoke"],
+                                                                           "fid": {"enabled": False}}}}))
+    root = tmp_path / "runs"
+    args = ["unet", "--spec", str(spec_file), "--out-root", str(root), "--profile-cache", str(tmp_path / "cache"),
+            "--no-progress", "--tracking-uri", mlflow_uri, "--set", "steps=2", "val_every=2", "ckpt_every=2"]
+    assert sweep.main(args + ["--no-tracking", "--only", "b_no_sa_high_res"]) == 0
+    assert sweep.main(args + ["--no-tracking"]) == 0  # the finished trial is skipped, the other runs
+    assert len(list(root.rglob(sweep.RESULT_FILE))) == 2
+    assert _runs(mlflow_uri) == []
+    assert sweep.main(["ingest", "--out-root", str(root), "--tracking-uri", mlflow_uri]) == 0
+    runs = _runs(mlflow_uri)
+    assert sorted(r.info.run_name for r in runs) == ["a_baseline", "b_no_sa_high_res"]
+    for run in runs:
+        assert run.data.params["train.steps"] == "2" and "ingested_from" in run.data.tags
+    sweep.main(["ingest", "--out-root", str(root), "--tracking-uri", mlflow_uri])
+    assert len(_runs(mlflow_uri)) == 2
