@@ -30,7 +30,7 @@ from ablations.trial import DEFAULT_OUT_ROOT, DEFAULT_PROFILE_CACHE, run_trial, 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 SPEC_KEYS = {"sweep", "experiment", "walk", "steps", "arch", "rows", "teacher", "seeds", "metric_note", "scales",
              "description"}
-SCALE_KEYS = {"train", "fid", "profile", "metric_note"}
+SCALE_KEYS = {"train", "fid", "profile", "metric_note", "teacher"}
 EXECUTORS = ("local", "ray")
 ATTEMPTS = 2  # a failed trial is retried once
 
@@ -126,7 +126,8 @@ def plan(spec: dict[str, Any], scale: str, seeds: int | None = None, out_root: s
         for row in spec["rows"]:
             entries.append({"walk": None, "step": row, "parent": None, "delta": None,
                             "arch": spec.get("arch", "snapgen-imagenet"), "kd_row": row,
-                            "teacher": spec.get("teacher", "small")})
+                            "teacher": spec.get("teacher", "small"),
+                            "teacher_options": dict(block.get("teacher") or {})})
     return [{**common, **entry, "seed": seed} for entry in entries for seed in range(n_seeds)]
 
 

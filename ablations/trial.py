@@ -69,16 +69,18 @@ def kd_setup(trial: dict[str, Any], cfg) -> dict[str, Any]:
         raise RuntimeError(f"the kd sweep needs snapgen.distill.kd_loss_fn (Eq. 4-8) and snapgen.teachers, which are "
                            f"not available ({error})") from error
     from snapgen import flow
-    from snapgen.models.text import load_text_encoder
 
     toggles = KD_ROWS[row]
     teacher, student_channels = None, None
     if toggles["kd"] or toggles["featkd"]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        teacher = teachers.load_teacher(trial.get("teacher") or "small", device)
+        spec = trial.get("teacher") or "small"
+        # the small teacher sees what the student sees: same pixels, same condition tokens; size from the spec
+        options = dict(resolution=cfg.resolution, text_encoder=cfg.text_encoder, **(trial.get("teacher_options") or {})) \
+            if spec == "small" else {}
+        teacher = teachers.load_teacher(spec, device, **options)
     if toggles["featkd"]:
-        text_dim = load_text_encoder(cfg.text_encoder).dim
-        student_channels = distill.student_feature_channels(cfg.unet_config(text_dim))
+        student_channels = distill.student_feature_channels(cfg.unet_config(text_dim=0))
     loss_fn = distill.kd_loss_fn(toggles, teacher, objective=flow.get_objective(cfg.objective),
                                  student_channels=student_channels)
     out = {"loss_fn": loss_fn}
