@@ -114,9 +114,29 @@ def fig3_from_mlflow(out: Path, tracking_uri: str | None = None, scale: str | No
     return fig3(rows, out, tracking_uri=tracking_uri, latent=128)
 
 
+def fig6(run: str | Path | None, out: Path) -> str:
+    """Fig. 6 (mean L_task and L_kd per timestep bin) from the bins a KD run logged in its metrics.jsonl."""
+    from snapgen.distill import plot_fig6, read_fig6
+
+    if run is None:
+        candidates = sorted(Path("runs/sweeps/kd").glob("*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
+        with_bins = [p.parent for p in candidates if read_fig6(p.parent) and any(
+            k.startswith("fig6_kd") for r in read_fig6(p.parent) for k in r)]
+        if not with_bins:
+            raise SystemExit("no KD run with Fig. 6 bins under runs/sweeps/kd: run `make ablation-kd`, or pass a run dir")
+        run = with_bins[-1]
+    records = read_fig6(run)
+    if not records:
+        raise SystemExit(f"{run}/metrics.jsonl has no Fig. 6 bins (fig6_*): is it a KD run with kd_loss_fn?")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return plot_fig6(records, str(out))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reports.figures", description=__doc__.split("\n\n")[0])
-    parser.add_argument("figure", choices=["fig3"])
+    parser.add_argument("figure", choices=["fig3", "fig6"])
+    parser.add_argument("run", nargs="?", default=None,
+                        help="fig6: a KD training run directory (default: the newest under runs/sweeps/kd with bins)")
     parser.add_argument("--efficiency-only", action="store_true", help="params/FLOPs panels only (no MLflow)")
     parser.add_argument("--latent", type=int, default=128, help="latent side for FLOPs (paper: 128)")
     parser.add_argument("--from-json", type=Path, default=None,
@@ -124,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--from-mlflow", action="store_true",
                         help="params/GFLOPs too from the sweep's MLflow runs (ablations.sweep unet), no profiling")
-    parser.add_argument("--out", type=Path, default=DEFAULT_FIG3_OUT)
+    parser.add_argument("--out", type=Path, default=None, help=f"PNG (default {DEFAULT_FIG3_OUT}, fig6.png beside it)")
     args = parser.parse_args(argv)
+    if args.figure == "fig6":
+        print(fig6(args.run, args.out or DEFAULT_FIG3_OUT.with_name("fig6.png")))
+        return 0
+    args.out = args.out or DEFAULT_FIG3_OUT
     if args.from_mlflow:
         print(fig3_from_mlflow(args.out, args.tracking_uri))
         return 0
