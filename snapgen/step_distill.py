@@ -299,7 +299,9 @@ def step_distill(student_ckpt: str | Path, teacher, out: str | Path, steps: int 
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         step = int(state["step"])
-    save_yaml({"step_distill": dataclasses.asdict(cfg), "steps": steps, "student": str(student_ckpt),
+    # the student run's config (train, class_names, text_len) too, so `python -m snapgen.sample OUT --steps 4` works
+    student_run = load_yaml(Path(student_ckpt) / "config.yaml") if (Path(student_ckpt) / "config.yaml").is_file() else {}
+    save_yaml({**student_run, "step_distill": dataclasses.asdict(cfg), "steps": steps, "student": str(student_ckpt),
                "resolution": resolution, "text_encoder": text_encoder, "run_hash": run_hash}, out / "config.yaml")
     log_path = out / "metrics.jsonl"
     if log_path.exists():  # lines past the checkpoint will be written again
@@ -363,3 +365,39 @@ def step_distill(student_ckpt: str | Path, teacher, out: str | Path, steps: int 
             json.dump({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, f, indent=1)
         print(f"step distillation {out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
     return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m snapgen.step_distill STUDENT_RUN --out DIR [--teacher small|sd35-large-turbo] [--steps N]`."""
+    import argparse
+    import json
+
+    from .teachers import load_teacher
+    from .train import parse_value
+
+    p = argparse.ArgumentParser(description="Adversarial step distillation (Sec. 3.4, Eq. 9) of a trained student")
+    p.add_argument("student", help="a snapgen.train run directory")
+    p.add_argument("--out", required=True, help="run directory (rerun to resume)")
+    p.add_argument("--teacher", default="small", help="'small' (a DiT trained here on the student's data, sized by "
+                                                       "--teacher-set) or 'sd35-large-turbo' (weights via snapgen.weights)")
+    p.add_argument("--teacher-set", nargs="*", default=[], metavar="KEY=VALUE", help="SmallTeacherConfig fields")
+    p.add_argument("--steps", type=int, default=200, help="D+G iterations")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="StepDistillConfig fields")
+    p.add_argument("--no-eval", action="store_true", help="skip the 4/8-step evaluation grids")
+    args = p.parse_args(argv)
+    _, student_train = load_student(args.student)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    options = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.teacher_set)}
+    if args.teacher == "small":
+        options = {"resolution": student_train["resolution"], "text_encoder": student_train["text_encoder"], **options}
+    teacher = load_teacher(args.teacher, device, **options)
+    overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    for key in ("betas", "eval_steps"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
+    result = step_distill(args.student, teacher, args.out, steps=args.steps, evaluate=not args.no_eval, **overrides)
+    print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -109,3 +109,22 @@ def test_step_distill_smoke_resumes_exactly(tmp_path):
                                                   tiny_teacher(384).state_dict().values()))
     with pytest.raises(RuntimeError, match="another config"):
         step_distill(tmp_path / "student", teacher, tmp_path / "full", steps=5, **{**kwargs, "lr_g": 1.0})
+
+
+def test_cli_distils_a_run_that_samples_in_four_steps(tmp_path, monkeypatch):
+    """`python -m snapgen.step_distill RUN --out DIR`, then `python -m snapgen.sample DIR --steps 4` (issue: done when)."""
+    monkeypatch.setenv("SNAPGEN_CACHE", str(tmp_path / "cache"))  # the small teacher trained here is cached there
+    from PIL import Image
+
+    from snapgen.sample import main as sample_main
+    from snapgen.step_distill import main as distill_main
+    from snapgen.train import make_config, train
+
+    train(make_config("smoke", resolution=8, batch_size=4, train_limit=40, val_size=4, val_timesteps=2, steps=2,
+                      val_every=2, ckpt_every=2, samples_per_class=1, sample_steps=2), tmp_path / "student",
+          progress=False)
+    distill_main([str(tmp_path / "student"), "--out", str(tmp_path / "fewstep"), "--steps", "2", "--no-eval",
+                  "--teacher-set", "num_layers=1", "num_attention_heads=2", "attention_head_dim=8", "steps=2",
+                  "batch_size=4", "--set", "batch_size=4"])
+    sample_main([str(tmp_path / "fewstep"), "--steps", "4", "--cfg", "1", "--n", "2", "--out", str(tmp_path / "g.png")])
+    assert Image.open(tmp_path / "g.png").size == (2 * 8, 10 * 8)
