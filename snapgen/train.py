@@ -456,9 +456,16 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
 
 
 def parse_value(text: str) -> Any:
+    """`--set` values: YAML scalars and lists, with numbers YAML 1.1 leaves as strings (`3e-4`) made floats."""
     import yaml
 
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
