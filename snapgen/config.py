@@ -99,6 +99,19 @@ class UNetConfig:
         return stable_hash(self.to_dict())
 
 
+def preset_config(cls: type, presets: dict[str, dict[str, Any]], preset: str, overrides: dict[str, Any],
+                  what: str = "options") -> Any:
+    """`cls(**presets[preset], **overrides)` (edm2: a preset, then sparse overrides) with errors that list the valid
+    preset names and option names."""
+    if preset not in presets:
+        raise KeyError(f"unknown scale {preset!r}; valid scales: {', '.join(presets)}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise KeyError(f"unknown {what} {unknown}; valid options: {sorted(fields)}")
+    return cls(**{**presets[preset], **overrides})
+
+
 def stable_hash(obj: Any, length: int = 12) -> str:
     """Hash of a JSON-able object that does not depend on key order (identifies runs and caches)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
@@ -125,4 +138,4 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
-__all__ = ["UNetConfig", "stable_hash", "flatten", "save_yaml", "load_yaml"]
+__all__ = ["UNetConfig", "preset_config", "stable_hash", "flatten", "save_yaml", "load_yaml"]

@@ -12,7 +12,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -27,7 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import flow
-from .config import UNetConfig, load_yaml, save_yaml, stable_hash
+from .config import UNetConfig, preset_config, save_yaml, stable_hash
 from .models import EfficientUNet
 from .registry import resolve, shrink
 
@@ -89,13 +88,7 @@ SCALES: dict[str, dict[str, Any]] = {
 
 
 def make_config(scale: str = "smoke", **overrides: Any) -> TrainConfig:
-    if scale not in SCALES:
-        raise KeyError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise KeyError(f"unknown training options {unknown}; valid options: {sorted(fields)}")
-    return TrainConfig(**{**SCALES[scale], **overrides})
+    return preset_config(TrainConfig, SCALES, scale, overrides, "training options")
 
 
 # ---- conditioning ----------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .config import load_yaml, save_yaml, stable_hash
+from .config import load_yaml, preset_config, save_yaml, stable_hash
 from .models.decoder import TinyDecoder, decoder_config
 from .train import find_checkpoint, load_checkpoint, log_record, parse_value, save_checkpoint, truncate_log
 
@@ -91,13 +91,7 @@ SCALES: dict[str, dict[str, Any]] = {
 
 
 def make_config(scale: str = "smoke", **overrides: Any) -> DecoderTrainConfig:
-    if scale not in SCALES:
-        raise KeyError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
-    fields = {f.name for f in dataclasses.fields(DecoderTrainConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise KeyError(f"unknown decoder training options {unknown}; valid options: {sorted(fields)}")
-    cfg = DecoderTrainConfig(**{**SCALES[scale], **overrides})
+    cfg = preset_config(DecoderTrainConfig, SCALES, scale, overrides, "decoder training options")
     if cfg.encoder not in ENCODERS:
         raise ValueError(f"encoder={cfg.encoder!r}; valid choices: {ENCODERS}")
     if cfg.lpips_net not in LPIPS_NETS:

@@ -5,7 +5,7 @@ import torch
 
 from snapgen.config import UNetConfig
 from snapgen.models import EfficientUNet
-from snapgen.registry import DELTAS, PRESETS, SNAPGEN_DELTAS, apply_delta, baseline, resolve, walk
+from snapgen.registry import DELTAS, SNAPGEN_DELTAS, apply_delta, baseline, resolve, walk
 
 
 def _params(cfg: UNetConfig) -> int:

@@ -41,23 +41,14 @@ SDXL_VAE_CONFIG: dict[str, Any] = {
     "mid_block_add_attention": True,
 }
 
+# SD3's VAE is SDXL's architecture with 16 latent channels and no quant convs.
 SD3_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "act_fn": "silu",
+    **SDXL_VAE_CONFIG,
     "latent_channels": 16,  # Sec. 3.2: "f, c as 8, 16 in SD3"
-    "norm_num_groups": 32,
-    "sample_size": 1024,
     "scaling_factor": 1.5305,  # SD3 VAE config.json
     "shift_factor": 0.0609,
-    "force_upcast": True,
     "use_quant_conv": False,
     "use_post_quant_conv": False,
-    "mid_block_add_attention": True,
 }
 
 BASELINE_VAE_CONFIGS: dict[str, dict[str, Any]] = {"sdxl": SDXL_VAE_CONFIG, "sd3": SD3_VAE_CONFIG}
