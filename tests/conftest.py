@@ -45,3 +45,22 @@ def seeded():
     torch.use_deterministic_algorithms(True)
     yield 0
     torch.use_deterministic_algorithms(previous)
+
+
+class Interrupted(Exception):
+    """Raised by the `interrupt_at` hook: a training run stopped mid-way, as a crash would."""
+
+
+@pytest.fixture
+def interrupt_at():
+    """`interrupt_at(n)` -> a training hook that raises `Interrupted` when step n is logged."""
+
+    def make(step: int):
+        def hook(logged_step, metrics):
+            if logged_step == step:
+                raise Interrupted
+
+        return hook
+
+    make.error = Interrupted
+    return make

@@ -143,7 +143,7 @@ def test_fig6_bins_and_plot(tmp_path):
         distill.plot_fig6([{"step": 1, "train_loss": 1.0}], str(tmp_path / "x.png"))
 
 
-def test_kd_run_trains_projector_and_resumes_exactly(tmp_path):
+def test_kd_run_trains_projector_and_resumes_exactly(tmp_path, interrupt_at):
     from snapgen.train import make_config, read_metrics, train
 
     cfg = make_config("smoke", width=16, resolution=RES, batch_size=4, steps=4, warmup=0, log_every=1, val_every=100,
@@ -162,16 +162,9 @@ def test_kd_run_trains_projector_and_resumes_exactly(tmp_path):
     fig6 = distill.read_fig6(tmp_path / "full")
     assert [r["step"] for r in fig6] == [1, 2, 3, 4] and any(k.startswith("fig6_kd_bin") for k in fig6[0])
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(step, metrics):
-        if step == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
+    with pytest.raises(interrupt_at.error):
         lf = make_loss()
-        train(cfg, tmp_path / "resumed", loss_fn=lf, extra_modules=lf.extra_modules, hooks=[stop_at_3],
+        train(cfg, tmp_path / "resumed", loss_fn=lf, extra_modules=lf.extra_modules, hooks=[interrupt_at(3)],
               progress=False)
     lf = make_loss()
     with torch.no_grad():  # a resumed ψ must come from the checkpoint, not from its fresh initialisation

@@ -27,20 +27,11 @@ def train_losses(out):
     return [(r["step"], r["train_loss"]) for r in read_metrics(out) if "train_loss" in r]
 
 
-class Interrupt(Exception):
-    pass
-
-
-def test_interrupted_run_resumes_bitwise(tmp_path):
+def test_interrupted_run_resumes_bitwise(tmp_path, interrupt_at):
     cfg = tiny_config(steps=7)
     train(cfg, tmp_path / "straight", progress=False)
-
-    def crash_at_step_5(step, metrics):
-        if step == 5:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(cfg, tmp_path / "resumed", hooks=[crash_at_step_5], progress=False)
+    with pytest.raises(interrupt_at.error):
+        train(cfg, tmp_path / "resumed", hooks=[interrupt_at(5)], progress=False)
     assert json.loads((tmp_path / "resumed/metrics.jsonl").read_text().splitlines()[-1])["step"] == 5
     result = train(cfg, tmp_path / "resumed", progress=False)  # rerun = resume from the step-3 checkpoint... and 6
     assert result["step"] == 7

@@ -46,19 +46,12 @@ def test_smoke_run_frozen_encoder_and_config(tmp_path, monkeypatch):
     assert loaded.config.layers_per_block in ((3, 2, 2, 1), [3, 2, 2, 1])
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, interrupt_at):
     cfg = td.make_config("smoke", **{**TINY_RUN, "steps": 4, "gan_start": 2})
     straight = td.train(cfg, tmp_path / "straight", progress=False)
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(step, metrics):
-        if step == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        td.train(cfg, tmp_path / "resumed", hooks=[stop_at_3], progress=False)
+    with pytest.raises(interrupt_at.error):
+        td.train(cfg, tmp_path / "resumed", hooks=[interrupt_at(3)], progress=False)
     resumed = td.train(cfg, tmp_path / "resumed", progress=False)
     assert resumed["step"] == straight["step"] == 4
     a = TinyDecoder.from_pretrained(tmp_path / "straight" / "checkpoint" / "decoder").state_dict()
