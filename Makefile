@@ -75,8 +75,10 @@ ablation-kd: install
 table1: install
 	$(PY) -m reports.tables table1
 
+# Our decoder rows: the committed GPU results (reports/results/decoder_small, decoder_latency) logged to MLflow once.
 table2: install
-	$(PY) -m reports.tables table2 --efficiency-only
+	$(PY) -m reports.ingest decoder
+	$(PY) -m reports.tables table2
 
 # `make table3 CKPTS="runs/a runs/b"` runs the four T2I benchmarks on each checkpoint first.
 table3: install

@@ -1,5 +1,5 @@
 """Table 3's throughput column: `python -m benchmarks.throughput --out DIR [--dtype bf16] [--compile] [--channels-last]
-[--cuda-graphs] [--quick]`.
+[--cuda-graphs] [--ablation] [--batch N] [--models NAME ...] [--quick]`.
 
 Table 3: "Throughput (samples/s) is measured on a single 80GB A100 GPU using the largest batch size supported for each
 model ... to generate 1024^2 px images. Here our sampling step is set to be 28." So per model: a 128x128 latent, CFG
@@ -11,7 +11,8 @@ public), and the SD3 decoder vs ours (images/s at the largest batch).
 
 MFU = achieved FLOP/s / the GPU's measured bf16 peak (a large bf16 matmul): model FLOPs from fvcore via
 `snapgen.profile.count_flops` (multiply-adds, x2 to FLOPs; attention counted). `--compile`, `--channels-last`,
-`--cuda-graphs` and `--dtype` switch one optimisation each, so each step's gain is one run apart. `--quick` is a CPU
+`--cuda-graphs` and `--dtype` switch one optimisation each; `--ablation` measures each UNet under eager, then adds
+channels-last, torch.compile and CUDA graphs one at a time, so each step's gain is one row apart. `--quick` is a CPU
 smoke run (tiny models and sizes; its numbers mean nothing). Writes throughput.json and throughput.md under --out.
 Imports diffusers normally (the GPU box gets the diffusers wheel carried in).
 """
@@ -19,6 +20,7 @@ Imports diffusers normally (the GPU box gets the diffusers wheel carried in).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -197,6 +199,15 @@ def prepare(model: torch.nn.Module, device, dtype, channels_last: bool, compile_
     return torch.compile(model) if compile_ else model
 
 
+def to_device(inputs: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Tensors in (nested) dicts to `device`, floating ones but the timestep to `dtype` (as a pipeline passes them)."""
+    if isinstance(inputs, dict):
+        return {k: to_device(v, device, torch.float32 if k == "timestep" else dtype) for k, v in inputs.items()}
+    if torch.is_tensor(inputs):
+        return inputs.to(device, dtype) if inputs.is_floating_point() else inputs.to(device)
+    return inputs
+
+
 def _to_channels_last(inputs: dict) -> dict:
     return {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.ndim == 4 else v
             for k, v in inputs.items()}
@@ -226,6 +237,15 @@ def count_gflops(model, inputs: dict, forward) -> float | None:
 # ---- the benchmark ---------------------------------------------------------------------------------------------------
 
 
+# --ablation: each setting adds one optimisation to the one before, so each step's gain is one row apart.
+ABLATION = {
+    "eager": dict(channels_last=False, compile=False, cuda_graphs=False),
+    "+channels-last": dict(channels_last=True, compile=False, cuda_graphs=False),
+    "+compile": dict(channels_last=True, compile=True, cuda_graphs=False),
+    "+cuda-graphs": dict(channels_last=True, compile=True, cuda_graphs=True),
+}
+
+
 def run(args) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -234,81 +254,113 @@ def run(args) -> dict[str, Any]:
     steps = 2 if args.quick else STEPS
     max_batch = 2 if args.quick else args.max_batch
     peak = measure_peak_flops(device, dtype, n=256 if args.quick else 8192, iters=3 if args.quick else 20)
+    flags = dict(channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    settings = ABLATION if args.ablation else {setting_name(flags): flags}
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "dtype": args.dtype, "compile": args.compile, "channels_last": args.channels_last,
-        "cuda_graphs": args.cuda_graphs, "quick": args.quick, "latent": latent, "steps": steps,
-        "peak_tflops_measured": peak / 1e12, "torch": torch.__version__, "unets": [], "decoders": []}
+        "dtype": args.dtype, "settings": settings, "batch_fixed": args.batch, "quick": args.quick, "latent": latent,
+        "steps": steps, "peak_tflops_measured": peak / 1e12, "torch": torch.__version__, "unets": [],
+        "decoders": []}
 
-    for name, (model, make_inputs, forward) in build_unets(args.quick).items():
-        params_m = sum(p.numel() for p in model.parameters()) / 1e6
-        gmacs = count_gflops(model, make_inputs(1, latent, text_len), forward) if args.flops else None
-        model = prepare(model, device, dtype, args.channels_last, args.compile)
+    def batch_and_seconds(try_batch: Callable[[int], float]) -> tuple[int, float]:
+        return (args.batch, try_batch(args.batch)) if args.batch else largest_batch(try_batch, max_batch)
 
-        def try_batch(batch: int) -> float:
-            inputs = make_inputs(2 * batch, latent, text_len)  # CFG: conditional + unconditional in one batch
-            if args.channels_last:
-                inputs = _to_channels_last(inputs)
-            with torch.no_grad():
-                runner = make_runner(lambda x: forward(model, x), inputs, device, args.cuda_graphs)
-                return time_forwards(runner, device, steps, args.repeats)
-
-        batch, seconds = largest_batch(try_batch, max_batch)
-        samples_per_s = batch / seconds
-        row = {"model": name, "params_m": params_m, "batch": batch, "unet_batch": 2 * batch,
-               "seconds_per_sampling_run": seconds, "samples_per_s": samples_per_s,
-               "gmacs_per_sample_forward": gmacs}
-        if gmacs is not None:
-            achieved = 2 * gmacs * 1e9 * 2 * batch * steps / seconds  # MACs -> FLOPs, x UNet batch x forwards
-            row["mfu"] = achieved / peak
-        result["unets"].append(row)
-        del model
+    def release():
+        torch._dynamo.reset()  # compiled graphs hold their own buffers
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    sdxl = next(r for r in result["unets"] if r["model"] == "sdxl-unet")["samples_per_s"]
-    for row in result["unets"]:
-        row["ratio_to_sdxl"] = row["samples_per_s"] / sdxl
 
-    for name, decoder in build_decoders(args.quick).items():
-        params_m = sum(p.numel() for p in decoder.parameters()) / 1e6
-        channels = decoder.latent_channels
-        gmacs = count_gflops(decoder, {"latent": torch.randn(1, channels, latent, latent)},
+    for name, (cpu_model, make_inputs, forward) in build_unets(args.quick).items():
+        if args.models and not any(m in name for m in args.models):
+            continue
+        params_m = sum(p.numel() for p in cpu_model.parameters()) / 1e6
+        gmacs = count_gflops(cpu_model, make_inputs(1, latent, text_len), forward) if args.flops else None
+        for setting, opts in settings.items():
+            model = prepare(copy.deepcopy(cpu_model), device, dtype, opts["channels_last"], opts["compile"])
+
+            def try_batch(batch: int) -> float:
+                # CFG: conditional + unconditional in one batch; built on the CPU copy, moved like the model
+                inputs = to_device(make_inputs(2 * batch, latent, text_len), device, dtype)
+                if opts["channels_last"]:
+                    inputs = _to_channels_last(inputs)
+                with torch.no_grad():
+                    runner = make_runner(lambda x: forward(model, x), inputs, device, opts["cuda_graphs"])
+                    return time_forwards(runner, device, steps, args.repeats)
+
+            started = time.perf_counter()
+            batch, seconds = batch_and_seconds(try_batch)
+            row = {"model": name, "setting": setting, "params_m": params_m, "batch": batch, "unet_batch": 2 * batch,
+                   "seconds_per_sampling_run": seconds, "samples_per_s": batch / seconds,
+                   "gmacs_per_sample_forward": gmacs, "wall_s_incl_compile": time.perf_counter() - started}
+            if gmacs is not None:
+                achieved = 2 * gmacs * 1e9 * 2 * batch * steps / seconds  # MACs -> FLOPs, x UNet batch x forwards
+                row["mfu"] = achieved / peak
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            result["unets"].append(row)
+            del model
+            release()
+    sdxl = {r["setting"]: r["samples_per_s"] for r in result["unets"] if r["model"] == "sdxl-unet"}
+    for row in result["unets"]:  # against SDXL under the same setting, and against SDXL eager (the paper's baseline)
+        row["ratio_to_sdxl"] = row["samples_per_s"] / sdxl[row["setting"]] if row["setting"] in sdxl else None
+        row["ratio_to_sdxl_eager"] = row["samples_per_s"] / sdxl["eager"] if "eager" in sdxl else None
+
+    for name, cpu_decoder in build_decoders(args.quick).items():
+        if not args.decoders:
+            break
+        params_m = sum(p.numel() for p in cpu_decoder.parameters()) / 1e6
+        channels = cpu_decoder.latent_channels
+        gmacs = count_gflops(cpu_decoder, {"latent": torch.randn(1, channels, latent, latent)},
                              lambda m, x: m(x["latent"])) if args.flops else None
-        decoder = prepare(decoder, device, dtype, args.channels_last, args.compile)
+        opts = flags  # decoders: the command line's setting (not ablated)
+        decoder = prepare(cpu_decoder, device, dtype, opts["channels_last"], opts["compile"])
 
         def try_decode(batch: int) -> float:
             inputs = {"latent": torch.randn(batch, channels, latent, latent, device=device, dtype=dtype)}
-            if args.channels_last:
+            if opts["channels_last"]:
                 inputs = _to_channels_last(inputs)
             with torch.no_grad():
-                runner = make_runner(lambda x: decoder(x["latent"]), inputs, device, args.cuda_graphs)
+                runner = make_runner(lambda x: decoder(x["latent"]), inputs, device, opts["cuda_graphs"])
                 return time_forwards(runner, device, 1, args.repeats)
 
         batch, seconds = largest_batch(try_decode, max_batch)
-        row = {"model": name, "params_m": params_m, "batch": batch, "images_per_s": batch / seconds,
-               "gmacs_per_image": gmacs}
+        row = {"model": name, "setting": setting_name(opts), "params_m": params_m, "batch": batch,
+               "images_per_s": batch / seconds, "gmacs_per_image": gmacs}
         if gmacs is not None:
             row["mfu"] = 2 * gmacs * 1e9 * batch / seconds / peak
         result["decoders"].append(row)
+        del decoder
+        release()
     return result
+
+
+def setting_name(opts: dict[str, bool]) -> str:
+    on = [k.replace("_", "-") for k, v in opts.items() if v]
+    return "+".join(on) if on else "eager"
 
 
 def markdown(result: dict[str, Any]) -> str:
     def mfu(row):
         return f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "n/a"
 
+    def ratio(x):
+        return f"{x:.2f}" if x is not None else "n/a"
+
+    batch = f"batch fixed at {result['batch_fixed']}" if result["batch_fixed"] else "largest power-of-two batch"
     lines = [f"Throughput at {result['latent'] * 8}^2 px ({result['latent']}^2 latent), {result['steps']} steps, CFG, "
-             f"{result['device']}, {result['dtype']}, compile={result['compile']}, "
-             f"channels_last={result['channels_last']}, cuda_graphs={result['cuda_graphs']}; measured {result['dtype']} matmul "
-             f"peak {result['peak_tflops_measured']:.1f} TFLOP/s" + (" (QUICK CPU SMOKE: numbers mean nothing)"
-                                                                   if result["quick"] else ""),
-             "", "| UNet | params (M) | batch | samples/s | x SDXL | MFU |", "|---|---|---|---|---|---|"]
+             f"{batch}, {result['device']}, {result['dtype']}, PyTorch {result['torch']}; measured {result['dtype']} "
+             f"matmul peak {result['peak_tflops_measured']:.1f} TFLOP/s" + (" (QUICK CPU SMOKE: numbers mean nothing)"
+                                                                          if result["quick"] else ""),
+             "", "| UNet | setting | params (M) | batch | samples/s | x SDXL (same setting) | x SDXL eager | MFU |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["unets"]:
-        lines.append(f"| {r['model']} | {r['params_m']:.1f} | {r['batch']} | {r['samples_per_s']:.3f} | "
-                     f"{r['ratio_to_sdxl']:.2f} | {mfu(r)} |")
-    lines += ["", "| decoder | params (M) | batch | images/s | MFU |", "|---|---|---|---|---|"]
-    for r in result["decoders"]:
-        lines.append(f"| {r['model']} | {r['params_m']:.2f} | {r['batch']} | {r['images_per_s']:.3f} | {mfu(r)} |")
+        lines.append(f"| {r['model']} | {r['setting']} | {r['params_m']:.1f} | {r['batch']} | "
+                     f"{r['samples_per_s']:.3f} | {ratio(r['ratio_to_sdxl'])} | {ratio(r['ratio_to_sdxl_eager'])} | "
+                     f"{mfu(r)} |")
+    if result["decoders"]:
+        lines += ["", "| decoder | setting | params (M) | batch | images/s | MFU |", "|---|---|---|---|---|---|"]
+        for r in result["decoders"]:
+            lines.append(f"| {r['model']} | {r['setting']} | {r['params_m']:.2f} | {r['batch']} | "
+                         f"{r['images_per_s']:.3f} | {mfu(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -324,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed sampling runs per batch (median)")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip fvcore counting (no MFU)")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny models and sizes")
+    p.add_argument("--ablation", action="store_true",
+                   help="each UNet under eager, +channels-last, +compile, +cuda-graphs (cumulative)")
+    p.add_argument("--batch", type=int, default=None, help="fixed image batch instead of the largest that fits")
+    p.add_argument("--models", nargs="*", default=None, help="only UNets whose name contains one of these")
+    p.add_argument("--no-decoders", dest="decoders", action="store_false")
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
     result = run(args)

@@ -206,6 +206,7 @@ def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
     ours_rows = [
         {"decoder": "SDXL (ours, diffusers AutoencoderKL)", "ch": 4, "_arch": "sdxl", "_run": "sdxl"},
         {"decoder": "SD3 (ours, diffusers AutoencoderKL)", "ch": 16, "_arch": "sd3", "_run": "sd3"},
+        {"decoder": "TAESD3 (peer, madebyollin weights)", "ch": 16, "_arch": "taesd3", "_run": "taesd3"},
         {"decoder": "Ours (TinyDecoder, this repo)", "ch": 16, "_arch": None, "_run": OURS_TINY_DECODER},
     ]
     cache: dict = {}
@@ -231,9 +232,12 @@ def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
                 ours["source"] = f"ours: snapgen.profile, fvcore default, {TABLE2_LATENT}x{TABLE2_LATENT} latent"
             _efficiency_only_note(table, ours["decoder"], ["psnr", "latency_ms"])
         else:
-            _fill_from_mlflow(table, ours, EXPERIMENT_DECODER, run_name,
-                              {"psnr": "psnr", "params_m": "params_m", "gflops": "gflops",
-                               "latency_ms": "latency_ms"}, tracking_uri, cache)
+            run = _fill_from_mlflow(table, ours, EXPERIMENT_DECODER, run_name,
+                                    {"psnr": "psnr", "params_m": "params_m", "gflops": "gflops",
+                                     "latency_ms": "latency_ms"}, tracking_uri, cache)
+            for tag, what in (("_tag_eval_set", "PSNR on"), ("_tag_latency", "latency (batch 1):")):
+                if run and run.get(tag):  # which images and which backend: never a bare number
+                    table.note(ours["decoder"], f"{what} {run[tag]}")
     table.frame = pd.DataFrame(rows + ours_rows)
     return table
 

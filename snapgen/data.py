@@ -52,9 +52,14 @@ def key_hash(parts: dict) -> str:
 
 
 def _find_cifar10() -> Path:
-    """The npz through `snapgen.weights` ($SNAPGEN_ASSETS, then $SNAPGEN_WEIGHTS); its error says where to put it."""
+    """The npz through `snapgen.weights` ($SNAPGEN_ASSETS, then $SNAPGEN_WEIGHTS); its error says where to put it.
+
+    `$SNAPGEN_CIFAR10_NPZ` names another npz of the same layout (e.g. a strided subset that fits a small carry to a
+    GPU box), taken as it is: whoever sets it says so beside the results."""
     from snapgen import weights
 
+    if os.environ.get("SNAPGEN_CIFAR10_NPZ"):
+        return Path(os.environ["SNAPGEN_CIFAR10_NPZ"])
     return Path(weights.find("cifar10_npz"))
 
 
@@ -99,6 +104,27 @@ def load_cifar10(split: str = "train", limit: int | None = None, path: str | os.
         tmp.replace(f)
     names_file.write_text(json.dumps(names))
     return images, labels, names
+
+
+def write_cifar10_subset(dst: str | os.PathLike, n_train: int, n_test: int, src: str | os.PathLike | None = None) -> Path:
+    """A CIFAR-10 npz of the same layout with `n_train`/`n_test` images, strided over the class-sorted splits so every
+    class keeps its share: `python -m snapgen.data subset DST N_TRAIN N_TEST`, used through $SNAPGEN_CIFAR10_NPZ."""
+    src = Path(src) if src is not None else _find_cifar10()
+    out: dict[str, np.ndarray] = {}
+    with np.load(src) as npz:
+        out["class_names"] = npz["class_names"]
+        for split, n in (("train", n_train), ("test", n_test)):
+            buf, offsets = npz[f"{split}_jpeg"], npz[f"{split}_offsets"]
+            keep = np.linspace(0, len(offsets) - 2, n).astype(int)
+            chunks = [buf[offsets[i]:offsets[i + 1]] for i in keep]
+            out[f"{split}_jpeg"] = np.concatenate(chunks)
+            out[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(c) for c in chunks])]).astype(np.int64)
+            for key in (f"{split}_labels", f"{split}_index"):
+                out[key] = npz[key][keep]
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(dst, **out)
+    return dst
 
 
 def class_prompts(class_names: Sequence[str], synonyms: dict[str, list[str]] | None = None) -> list[list[str]]:
@@ -304,3 +330,11 @@ def text_embedding_cache(prompts: list[str], encoder, cache_dir: str | os.PathLi
 
     parts = dict(encoder=encoder.name, prompts=hashlib.sha256("\n".join(prompts).encode()).hexdigest())
     return cached_tensors("text", parts, build, cache_dir)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 5 or sys.argv[1] != "subset":
+        sys.exit("usage: python -m snapgen.data subset DST N_TRAIN N_TEST")
+    print(write_cifar10_subset(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))

@@ -184,7 +184,8 @@ class SnapGenPipeline(DiffusionPipeline):
 
     @classmethod
     def from_run(cls, run: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> "SnapGenPipeline":
-        """A `snapgen.train` run directory -> pipeline (its EMA UNet, its text encoder, pixel space, its resolution).
+        """A `snapgen.train` run directory -> pipeline (its EMA UNet, its text encoder, its resolution; pixel space, or
+        its autoencoder's decoder for a latent-space run).
 
         Raises:
             FileNotFoundError when `run` is not a run directory; ValueError for DDPM runs (not a flow model).
@@ -200,7 +201,12 @@ class SnapGenPipeline(DiffusionPipeline):
 
         stack = load_text_stack(TextStackConfig(channel_group=(train_cfg["text_encoder"],), sequence_group=()),
                                 device=device)
-        return cls(net, flow_scheduler(), stack, None, resolution=int(train_cfg["resolution"]))
+        decoder = None
+        if train_cfg.get("autoencoder", "none") != "none":  # a latent-space run: its autoencoder's decoder
+            from .models.taesd import load_taesd
+
+            decoder = load_taesd(train_cfg["autoencoder"], parts=("decoder",)).to(device)
+        return cls(net, flow_scheduler(), stack, decoder, resolution=int(train_cfg["resolution"]))
 
 
 def load_pipeline(ckpt: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> SnapGenPipeline:

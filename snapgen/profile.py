@@ -256,10 +256,18 @@ def profile_unet(arch: str, latent: int, batch: int = 1, latency: bool = False, 
 
 
 def profile_decoder(arch: str, latent: int) -> dict:
-    """Params and fvcore GFLOPs of a baseline decoder ('sd3' | 'sdxl') decoding a latent x latent latent."""
-    from snapgen.models.autoencoders import build_baseline_decoder
+    """Params and fvcore GFLOPs of a baseline decoder ('sd3' | 'sdxl' | 'taesd3', random init) decoding a
+    latent x latent latent."""
+    if arch == "taesd3":  # the peer: AutoencoderTiny's decoder in TAESD3's configuration
+        from diffusers import AutoencoderTiny
 
-    decoder = build_baseline_decoder(arch)
+        from snapgen.models.taesd import TAESDDecoder, taesd_config
+
+        decoder = TAESDDecoder(AutoencoderTiny(**taesd_config(16)))
+    else:
+        from snapgen.models.autoencoders import build_baseline_decoder
+
+        decoder = build_baseline_decoder(arch)
     flops = count_flops(decoder, (torch.randn(1, decoder.latent_channels, latent, latent),))
     # Table 2 counts the decoder body (SDXL: 49,490,179); SDXL's 1x1 post_quant_conv (20 params) is listed apart.
     body = count_params(decoder.decoder)

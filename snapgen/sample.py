@@ -16,9 +16,9 @@ from PIL import Image
 
 from . import flow
 from .config import load_yaml
-from .data import class_prompts
+from .data import class_prompts, text_embedding_cache
 from .models import EfficientUNet
-from .train import unet_fn
+from .train import AUTOENCODERS, LazyTextEncoder, latent_decoder, unet_fn
 
 
 def load_run(run: str | Path, ema: bool = True, device: str | torch.device = "cpu"):
@@ -34,10 +34,8 @@ def load_run(run: str | Path, ema: bool = True, device: str | torch.device = "cp
 
 
 @functools.lru_cache(maxsize=2)
-def _text_encoder(name: str):
-    from .models.text import load_text_encoder
-
-    return load_text_encoder(name)  # once per process: the evals call `generate` once per batch of prompts
+def _text_encoder(name: str) -> LazyTextEncoder:
+    return LazyTextEncoder(name)  # once per process: the evals call `generate` once per batch of prompts
 
 
 @torch.no_grad()
@@ -45,17 +43,23 @@ def generate(net, run_cfg: dict, prompts: list[str], per_prompt: int, steps: int
              sampler: str = "euler") -> np.ndarray:
     """Rows of `per_prompt` samples for each prompt -> uint8 grid (rows*R, per_prompt*R, 3)."""
     train_cfg, device = run_cfg["train"], net.device
-    hidden, mask, _ = _text_encoder(train_cfg["text_encoder"]).encode(prompts)
+    # through the on-disk embedding cache: the encoder loads only on a miss (a GPU box can run on carried embeddings)
+    emb = text_embedding_cache(prompts, _text_encoder(train_cfg["text_encoder"]))
+    hidden, mask = emb["hidden"], emb["mask"]
     length = max(run_cfg["text_len"], int(mask.sum(1).max()))
     hidden = hidden[:, :length].to(device).repeat_interleave(per_prompt, 0)
     mask = mask[:, :length].to(device).repeat_interleave(per_prompt, 0)
     res, n = train_cfg["resolution"], len(prompts) * per_prompt
-    noise = torch.stack([torch.randn(3, res, res, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
+    autoencoder = train_cfg.get("autoencoder", "none")
+    channels, factor = AUTOENCODERS[autoencoder]
+    shape = (channels, res // factor, res // factor)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
     kwargs = {"sampler": sampler} if train_cfg["objective"] == "flow" else {}
     objective = flow.get_objective(train_cfg["objective"], **kwargs)
     null = (torch.zeros_like(hidden), torch.ones_like(mask))
     x = objective.sample(unet_fn(net), noise.to(device), (hidden, mask), null, steps=steps, guidance=cfg_scale)
-    img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    x = latent_decoder(autoencoder, x.device)(x)
+    img = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
     img = img.view(len(prompts), per_prompt, 3, res, res).permute(0, 3, 1, 4, 2)
     return img.reshape(len(prompts) * res, per_prompt * res, 3).numpy()
 

@@ -60,6 +60,7 @@ class StepDistillConfig:
     log_every: int = 10
     ckpt_every: int = 100
     eval_steps: tuple[int, ...] = (4, 8)   # sampler steps of the few-step evaluation
+    before_steps: tuple[int, ...] = (4, 8, 28)  # the undistilled student's sampler steps, evaluated alike (Table 3: 28)
     eval_samples_per_class: int = 4
     eval_cfg: float = 1.0              # guidance of the few-step evaluation (distilled models sample without CFG)
     reference_steps: int = 30          # the teacher's sampler steps for the few-step fidelity metric
@@ -250,11 +251,12 @@ def step_distill(student_ckpt: str | Path, teacher, out: str | Path, steps: int 
             diffusers UNet directory (then pass `resolution` and `text_encoder`).
         teacher: the frozen few-step teacher (`teachers.TeacherAdapter`): discriminator backbone and, unless
             `kd_teacher` is given, the KD target of S(L_task, L_kd).
-        out: run directory (metrics.jsonl, config.yaml, checkpoint/, samples/fewstep_<n>.png).
+        out: run directory (metrics.jsonl, config.yaml, checkpoint/, eval.json, samples/fewstep_<n>.png and
+            samples/before_<n>.png: the student before distillation).
         steps: D+G iterations in total. cfg / overrides: `StepDistillConfig` fields.
     Returns:
         the last logged metrics, with `out`, `step` and the few-step evaluation (`fewstep_mse_vs_teacher_<n>`,
-        `fewstep_grid_<n>` paths) when `evaluate`.
+        `fewstep_grid_<n>` paths, and `before_...` for the undistilled student) when `evaluate`.
     """
     from PIL import Image
     from tqdm import tqdm
@@ -355,11 +357,18 @@ def step_distill(student_ckpt: str | Path, teacher, out: str | Path, steps: int 
         first = [int(batches.first_prompt[k]) for k in range(len(names))]
         metrics, grids = few_step_eval(ema, teacher, conditioning, first, cfg.eval_samples_per_class, resolution,
                                        cfg.eval_steps, cfg.reference_steps, cfg.eval_cfg)
+        # The student before distillation, from the same noise against the same reference: the claim to test is that
+        # 4/8 steps after distillation approach the undistilled model at 28.
+        before_metrics, before_grids = few_step_eval(load_student(student_ckpt)[0].to(device).eval(), teacher,
+                                                     conditioning, first, cfg.eval_samples_per_class, resolution,
+                                                     cfg.before_steps, cfg.reference_steps, cfg.eval_cfg)
         (out / "samples").mkdir(exist_ok=True)
-        for n, grid in grids.items():
-            path = out / "samples" / f"fewstep_{n}.png"
-            Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
-            result[f"fewstep_grid_{n}"] = str(path)
+        for prefix, grid_set in (("fewstep", grids), ("before", before_grids)):
+            for n, grid in grid_set.items():
+                path = out / "samples" / f"{prefix}_{n}.png"
+                Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
+                result[f"{prefix}_grid_{n}"] = str(path)
+        metrics |= {k.replace("fewstep_", "before_"): v for k, v in before_metrics.items()}
         result.update(metrics)
         with open(out / "eval.json", "w") as f:
             json.dump({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, f, indent=1)
@@ -392,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         options = {"resolution": student_train["resolution"], "text_encoder": student_train["text_encoder"], **options}
     teacher = load_teacher(args.teacher, device, **options)
     overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    for key in ("betas", "eval_steps"):
+    for key in ("betas", "eval_steps", "before_steps"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
     result = step_distill(args.student, teacher, args.out, steps=args.steps, evaluate=not args.no_eval, **overrides)

@@ -37,7 +37,9 @@ class TrainConfig:
     width: int | None = None         # shrink the architecture to this stage-1 width (smoke scale); None = full size
     data: str = "cifar10"            # "cifar10" (embedded default) or an ImageNet-style image folder
     train_limit: int | None = None   # use only this many training images (tests, overfitting checks)
-    resolution: int = 32             # training images are resized to this (pixels; the UNet runs in pixel space)
+    resolution: int = 32             # training images are resized to this (pixels)
+    autoencoder: str = "none"        # "none": the UNet runs on pixels; "taesd3": on TAESD3's 16-ch SD3 latents (f = 8;
+                                     # frozen encoder, latents cached once), sample grids decoded by TAESD3's decoder
     text_encoder: str = "minilm"     # class prompts "a photo of a <name>" go through this encoder (supplement H)
     objective: str = "flow"          # "flow" (Sec. 3.3, Eq. 1-2) or "ddpm" (supplement H ablations)
     batch_size: int = 32             # global batch, all ranks and accumulation steps together
@@ -69,7 +71,12 @@ class TrainConfig:
         cfg = resolve(self.arch)
         if self.width:
             cfg = shrink(cfg, base_width=self.width, context_dim=text_dim)
-        return cfg.replace(in_channels=3, out_channels=3, cross_attention_dim=text_dim)
+        channels = AUTOENCODERS[self.autoencoder][0]
+        return cfg.replace(in_channels=channels, out_channels=channels, cross_attention_dim=text_dim)
+
+
+# autoencoder -> (latent channels, downsampling factor); "none" = pixel space.
+AUTOENCODERS: dict[str, tuple[int, int]] = {"none": (3, 1), "taesd3": (16, 8)}
 
 
 # Presets, then sparse overrides (`--set key=value`). Step counts are budgets, not claims about convergence.
@@ -88,7 +95,47 @@ SCALES: dict[str, dict[str, Any]] = {
 
 
 def make_config(scale: str = "smoke", **overrides: Any) -> TrainConfig:
-    return preset_config(TrainConfig, SCALES, scale, overrides, "training options")
+    cfg = preset_config(TrainConfig, SCALES, scale, overrides, "training options")
+    if cfg.autoencoder not in AUTOENCODERS:
+        raise ValueError(f"autoencoder={cfg.autoencoder!r}; valid choices: {', '.join(AUTOENCODERS)}")
+    if cfg.resolution % AUTOENCODERS[cfg.autoencoder][1]:
+        raise ValueError(f"resolution={cfg.resolution} is not divisible by {cfg.autoencoder}'s factor "
+                         f"{AUTOENCODERS[cfg.autoencoder][1]}")
+    return cfg
+
+
+# ---- latent space ----------------------------------------------------------------------------------------------------
+
+
+def encode_latents(splits: dict[str, tuple[np.ndarray, np.ndarray]], names: list[str], cfg: TrainConfig,
+                   device: torch.device) -> dict[str, torch.Tensor]:
+    """{split: (uint8 images (N, H, W, 3), labels)} -> {split: latents (N, C, R/f, R/f)} of the frozen
+    `cfg.autoencoder` encoder, cached on disk (snapgen.data.latent_cache) under data set, split, resolution and size;
+    the encoder loads once, and only on a cache miss."""
+    from .data import ImageDataset, latent_cache
+    from .train_decoder import load_frozen_encoder
+
+    encoder: torch.nn.Module | None = None
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        nonlocal encoder
+        encoder = encoder or load_frozen_encoder(cfg.autoencoder).to(device)
+        return encoder(x.to(device)).float().cpu()
+
+    source = cfg.data if cfg.data != "cifar10" else os.environ.get("SNAPGEN_CIFAR10_NPZ") or "cifar10"
+    return {split: latent_cache(ImageDataset(images, labels, names, resolution=cfg.resolution), encode,
+                                f"{source}:{cfg.train_limit}", split, cfg.autoencoder)["latents"]
+            for split, (images, labels) in splits.items()}
+
+
+def latent_decoder(name: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """latents -> images in [-1, 1] for sample grids (identity for pixel space)."""
+    if name == "none":
+        return lambda x: x
+    from .models.taesd import TAESDDecoder, load_taesd
+
+    decoder = TAESDDecoder(load_taesd(name, parts=("decoder",))).to(device)
+    return lambda x: decoder(x.float())
 
 
 # ---- conditioning ----------------------------------------------------------------------------------------------------
@@ -159,6 +206,15 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: i
 # ---- checkpoints -----------------------------------------------------------------------------------------------------
 
 
+# Options that decide when a run stops, not what it computes: a rerun with another value resumes the same run.
+UNHASHED_OPTIONS = ("time_budget_min",)
+
+
+def hashed_options(cfg) -> dict[str, Any]:
+    """The training options that identify a run (its checkpoint's `run_hash`)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNHASHED_OPTIONS}
+
+
 def step_generator(seed: int, rank: int, step: int, device) -> torch.Generator:
     """All randomness of a step comes from (seed, rank, step): resume needs no RNG state."""
     return torch.Generator(device).manual_seed(int(stable_hash([seed, rank, step]), 16) % 2**63)
@@ -220,18 +276,21 @@ def validation_loss(net, objective, x0: torch.Tensor, cond, num_t: int, seed: in
 
 
 @torch.no_grad()
-def sample_grid(net, objective, conditioning, class_prompt_idx: list[int], per_class: int, resolution: int,
-                steps: int, cfg: float, seed: int = 0, adapter: Callable = unet_fn) -> np.ndarray:
-    """One row per class, `per_class` samples each, from fixed noise. Returns uint8 (rows*R, per_class*R, 3)."""
+def sample_grid(net, objective, conditioning, class_prompt_idx: list[int], per_class: int, shape: tuple[int, ...],
+                steps: int, cfg: float, seed: int = 0, adapter: Callable = unet_fn,
+                decode: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> np.ndarray:
+    """One row per class, `per_class` samples each, from fixed noise of `shape` (C, h, w), decoded to pixels by
+    `decode`. Returns uint8 (rows*R, per_class*R, 3)."""
     device = conditioning.hidden.device
     idx = torch.tensor(class_prompt_idx, device=device).repeat_interleave(per_class)
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(len(idx), 3, resolution, resolution, generator=g).to(device)
-    x = objective.sample(adapter(net), noise, conditioning(idx), conditioning.null(len(idx)), steps=steps,
-                         guidance=cfg)
-    img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # (N, 3, R, R)
-    img = img.view(len(class_prompt_idx), per_class, 3, resolution, resolution).permute(0, 3, 1, 4, 2)
-    return img.reshape(len(class_prompt_idx) * resolution, per_class * resolution, 3).numpy()
+    noise = torch.randn(len(idx), *shape, generator=g).to(device)
+    x = decode(objective.sample(adapter(net), noise, conditioning(idx), conditioning.null(len(idx)), steps=steps,
+                                guidance=cfg))
+    img = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # (N, 3, R, R)
+    res = img.shape[-1]
+    img = img.view(len(class_prompt_idx), per_class, 3, res, res).permute(0, 3, 1, 4, 2)
+    return img.reshape(len(class_prompt_idx) * res, per_class * res, 3).numpy()
 
 
 # ---- the loop --------------------------------------------------------------------------------------------------------
@@ -293,6 +352,9 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
         keep = np.setdiff1d(np.arange(len(images)), pick)
         val_images, val_labels, images, labels = images[pick], labels[pick], images[keep], labels[keep]
     prompts = class_prompts(names)
+    if cfg.autoencoder != "none":  # the UNet learns on the frozen encoder's latents, encoded once and cached
+        latents = encode_latents({"train": (images, labels), "val": (val_images, val_labels)}, names, cfg, device)
+        images, val_images = latents["train"], latents["val"]
     data = ClassConditionalData(images, labels, prompts, cfg.batch_size, cfg.seed, cfg.resolution)
     conditioning = ClassPromptConditioning(data.prompts, cfg.text_encoder, device)
     val_data = ClassConditionalData(val_images, val_labels, prompts, len(val_labels), cfg.seed, cfg.resolution)
@@ -306,7 +368,7 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
         module.to(device)
     # diffusers adds private keys (`_name_or_path`, ...) to a loaded model's config: not part of what it is.
     net_config = {k: v for k, v in net.config.items() if not k.startswith("_")} if net_factory else unet_cfg.to_dict()
-    identity = {"train": dataclasses.asdict(cfg), "net": net_config, "net_class": type(net).__name__,
+    identity = {"train": hashed_options(cfg), "net": net_config, "net_class": type(net).__name__,
                 "extra_modules": sorted(extra_modules)}
     if getattr(loss_fn, "config", None) is not None:  # e.g. the KD row: a task run never resumes a KD run
         identity["loss"] = loss_fn.config
@@ -351,11 +413,16 @@ def train(cfg: TrainConfig, out: str | Path, loss_fn: Callable | None = None,
         net.train()
         return metrics
 
+    decode = None
+
     def write_grid(step: int) -> Path:
+        nonlocal decode
+        decode = decode or latent_decoder(cfg.autoencoder, device)
         first_prompts = [int(data.first_prompt[k]) for k in range(len(names))]
         with autocast:
-            grid = sample_grid(ema, objective, conditioning, first_prompts, cfg.samples_per_class, cfg.resolution,
-                               cfg.sample_steps, cfg.sample_cfg, adapter=adapter)
+            grid = sample_grid(ema, objective, conditioning, first_prompts, cfg.samples_per_class,
+                               tuple(val_x0.shape[1:]), cfg.sample_steps, cfg.sample_cfg, adapter=adapter,
+                               decode=decode)
         path = out / "samples" / f"step_{step:07d}.png"
         path.parent.mkdir(exist_ok=True)
         Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)

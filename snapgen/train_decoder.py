@@ -39,7 +39,8 @@ from tqdm import tqdm
 
 from .config import load_yaml, preset_config, save_yaml, stable_hash
 from .models.decoder import TinyDecoder, decoder_config
-from .train import find_checkpoint, load_checkpoint, log_record, parse_value, save_checkpoint, truncate_log
+from .train import (find_checkpoint, hashed_options, load_checkpoint, log_record, parse_value, save_checkpoint,
+                    truncate_log)
 
 ENCODERS = ("taesd3", "sd3")
 LPIPS_NETS = {"alex": "lpips_alexnet_backbone", "squeeze": "lpips_squeezenet_backbone", "vgg": "lpips_vgg_backbone"}
@@ -75,6 +76,7 @@ class DecoderTrainConfig:
     val_every: int = 1000
     val_size: int = 64               # held-out images (CIFAR-10 test, or the first images of the folder, held out)
     ckpt_every: int = 5000
+    time_budget_min: float = 0.0     # stop (checkpoint, validate) after this many minutes; 0 = no limit
 
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -321,8 +323,8 @@ def resolve_decoder_dir(path: str | Path) -> Path:
         return path
     if (path / "decoder" / "config.json").is_file():
         return path / "decoder"
-    ckpt = find_checkpoint(path)
-    if ckpt is not None and (ckpt / "decoder" / "config.json").is_file():
+    ckpt = find_checkpoint(path) or path / "checkpoint"  # a copied run may carry the weights without the state
+    if (ckpt / "decoder" / "config.json").is_file():
         return ckpt / "decoder"
     raise FileNotFoundError(f"no decoder under {path}: expected a run dir (checkpoint/decoder/config.json), a "
                             f"checkpoint dir (decoder/config.json) or a decoder dir (config.json)")
@@ -354,7 +356,7 @@ def train(cfg: DecoderTrainConfig, out: str | Path, hooks: Sequence[Callable[[in
               "gan": bool(cfg.gan_weight), "kl": False}
 
     dec_cfg = decoder_config(cfg.arch)
-    run_hash = stable_hash({"train": dataclasses.asdict(cfg), "decoder": dec_cfg, "lpips": losses["lpips_active"]})
+    run_hash = stable_hash({"train": hashed_options(cfg), "decoder": dec_cfg, "lpips": losses["lpips_active"]})
     torch.manual_seed(cfg.seed)
     decoder = TinyDecoder(**dec_cfg).to(device)
     decoder.gradient_checkpointing = cfg.grad_checkpointing
@@ -392,7 +394,8 @@ def train(cfg: DecoderTrainConfig, out: str | Path, hooks: Sequence[Callable[[in
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True)
     last: dict[str, Any] = {}
     decoder.train()
-    while step < cfg.steps:
+    started, end = time.time(), cfg.steps
+    while step < end:
         target = data.batch(step).to(device)
         with torch.no_grad(), autocast:
             latent = encoder(target)  # frozen: no graph, no gradient
@@ -424,17 +427,19 @@ def train(cfg: DecoderTrainConfig, out: str | Path, hooks: Sequence[Callable[[in
             terms["d_loss"] = d_loss.detach()
         step += 1
         bar.update(1)
+        if cfg.time_budget_min and (time.time() - started) / 60 > cfg.time_budget_min and end == cfg.steps:
+            end = step  # out of time: this step is the last (a rerun continues towards cfg.steps)
         record: dict[str, Any] = {"step": step}
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or step == end:
             record.update({f"train_{k}": float(v.detach()) for k, v in terms.items()}, grad_norm=float(grad_norm))
             bar.set_postfix(loss=f"{record['train_loss']:.4f}")
-        if step % cfg.val_every == 0 or step == cfg.steps:
+        if step % cfg.val_every == 0 or step == end:
             record.update(validate())
             bar.write(f"step {step}: val_psnr {record['val_psnr']:.2f} dB")
         if len(record) > 1:
             log_record(out, record, hooks)
             last.update(record)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if step % cfg.ckpt_every == 0 or step == end:
             save_checkpoint(out, {"decoder": decoder}, {"step": step, "run_hash": run_hash, "opt_g": opt_g.state_dict(),
                                            "opt_d": opt_d.state_dict(), "discriminator": discriminator.state_dict()})
     bar.close()

@@ -50,6 +50,17 @@ def test_test_split_and_dataset_item(cache):
     assert -1 <= x.min() < 0 < x.max() <= 1 and 0 <= label < 10
 
 
+def test_subset_npz_through_env_matches_the_full_file(cache, tmp_path, monkeypatch):
+    subset = data.write_cifar10_subset(tmp_path / "sub.npz", n_train=50, n_test=20)
+    full_images, full_labels, _ = data.load_cifar10("train", cache_dir=cache, limit=50)
+    monkeypatch.setenv("SNAPGEN_CIFAR10_NPZ", str(subset))
+    images, labels, names = data.load_cifar10("train", cache_dir=tmp_path / "c")
+    assert images.shape == (50, 32, 32, 3) and len(names) == 10 and set(labels.tolist()) == set(range(10))
+    # The same strided picks as `limit=50` on the full file: identical pixels and labels.
+    assert np.array_equal(images, full_images) and np.array_equal(labels, full_labels)
+    assert len(data.load_cifar10("test", cache_dir=tmp_path / "c")[1]) == 20
+
+
 def test_missing_file_error(tmp_path, monkeypatch):
     monkeypatch.setenv("SNAPGEN_ASSETS", str(tmp_path))
     monkeypatch.setenv("SNAPGEN_WEIGHTS", str(tmp_path))

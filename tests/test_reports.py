@@ -125,3 +125,35 @@ def test_fig3_cli_from_json(tmp_path):
     out = tmp_path / "fig.png"
     assert figures.main(["fig3", "--efficiency-only", "--from-json", str(walk_json), "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
+
+
+def test_ingest_decoder_results_then_table2_reads_them(tmp_path, mlflow_uri):
+    """Committed GPU results (eval.json + decoder_latency.json) -> one MLflow run per decoder -> Table 2's rows, with
+    the image set and the latency backend footnoted; a second ingest logs nothing."""
+    from reports import ingest
+
+    def write_eval(name, psnr_ours, psnr_peer):
+        path = tmp_path / name / "eval.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"eval_set": f"set {name}", "encoder": "taesd3", "decoders": {
+            "ours": {"psnr": psnr_ours, "ssim": 0.9, "lpips": None, "params_m": 1.38, "gflops": 222.3},
+            "taesd3": {"psnr": psnr_peer, "ssim": 0.8, "lpips": None, "params_m": 1.23}}}))
+        return path
+
+    latency = tmp_path / "decoder_latency.json"
+    latency.write_text(json.dumps([
+        {"decoder": d, "batch": b, "median_ms": ms, "params_m": 1.0, "backend": "torch-cuda", "dtype": "bfloat16",
+         "device": "GPU-X", "latent": 128, "image": 1024, "repeats": 20}
+        for d, b, ms in (("ours (tiny)", 1, 6.0), ("ours (tiny)", 4, 22.0), ("taesd3", 1, 7.0))]))
+    evals = [write_eval("photos", 24.0, 32.0), write_eval("cifar", 45.0, 41.0)]
+    records = ingest.decoder_records(evals, latency)
+    assert records["tiny"]["metrics"] == {"psnr": 24.0, "ssim": 0.9, "psnr_photos": 24.0, "ssim_photos": 0.9,
+                                          "psnr_cifar": 45.0, "ssim_cifar": 0.9, "params_m": 1.38,
+                                          "gflops": 222.3, "latency_ms": 6.0, "latency_ms_b4": 22.0}
+    assert [logged for _, logged in ingest.ingest_decoder(evals, latency, mlflow_uri)] == [True, True]
+    assert [logged for _, logged in ingest.ingest_decoder(evals, latency, mlflow_uri)] == [False, False]
+    table = tables.table2(tracking_uri=mlflow_uri)
+    ours = table.frame.set_index("decoder").loc["Ours (TinyDecoder, this repo)"]
+    assert ours["psnr"] == 24.0 and ours["latency_ms"] == 6.0 and ours["gflops"] == 222.3
+    notes = tables.render(table, "md")[1]
+    assert "PSNR on photos: set photos" in notes and "torch-cuda bfloat16, GPU-X" in notes

@@ -93,10 +93,14 @@ def test_step_distill_smoke_resumes_exactly(tmp_path):
     student.save_pretrained(tmp_path / "student")
     teacher = tiny_teacher(384)
     kwargs = dict(resolution=RES, text_encoder="minilm", progress=False, batch_size=4, log_every=1, ckpt_every=2,
-                  eval_steps=(4, 8), eval_samples_per_class=1, reference_steps=2)
+                  eval_steps=(4, 8), before_steps=(4, 28), eval_samples_per_class=1, reference_steps=2)
     full = step_distill(tmp_path / "student", teacher, tmp_path / "full", steps=4, **kwargs)
     assert full["step"] == 4 and (tmp_path / "full" / "samples" / "fewstep_4.png").is_file()
-    assert {"fewstep_mse_vs_teacher_4", "fewstep_mse_vs_teacher_8"} <= set(full)
+    assert {"fewstep_mse_vs_teacher_4", "fewstep_mse_vs_teacher_8", "before_mse_vs_teacher_4",
+            "before_mse_vs_teacher_28"} <= set(full)
+    assert (tmp_path / "full" / "samples" / "before_28.png").is_file()
+    # Before and after differ: the distilled student moved (same noise, same reference).
+    assert full["before_mse_vs_teacher_4"] != full["fewstep_mse_vs_teacher_4"]
     step_distill(tmp_path / "student", teacher, tmp_path / "resumed", steps=2, evaluate=False, **kwargs)
     step_distill(tmp_path / "student", teacher, tmp_path / "resumed", steps=4, evaluate=False, **kwargs)
     read = lambda out: [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

@@ -42,6 +42,14 @@ def test_interrupted_run_resumes_bitwise(tmp_path, interrupt_at):
     assert a["step"] == b["step"] == 7
 
 
+def test_time_budget_stops_early_and_a_rerun_without_it_resumes(tmp_path):
+    train(tiny_config(steps=5), tmp_path / "straight", progress=False)
+    stopped = train(tiny_config(steps=5, time_budget_min=1e-9), tmp_path / "budget", progress=False)
+    assert stopped["step"] == 1 and "val_loss" in stopped and Path(stopped["sample_grid"]).is_file()
+    assert train(tiny_config(steps=5), tmp_path / "budget", progress=False)["step"] == 5  # the budget is not hashed
+    assert train_losses(tmp_path / "budget") == train_losses(tmp_path / "straight")
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_matches(tmp_path):
     args = [sys.executable, "-m", "snapgen.train", "--scale", "smoke", "--no-progress", "--set"]
@@ -175,3 +183,33 @@ def test_sample_cli_writes_a_grid_per_class_and_is_deterministic(tmp_path):
     assert Image.open(tmp_path / "all.png").size == (2 * 8, 10 * 8)
     with pytest.raises(SystemExit):
         sample_main([str(tmp_path / "run"), "--class", "unicorn"])
+
+
+def test_latent_space_run_caches_latents_and_decodes_grids(tmp_path, monkeypatch):
+    """autoencoder=taesd3: the UNet learns on TAESD3's 16-ch latents (encoded once, cached), grids and the pipeline
+    decode them with TAESD3's decoder."""
+    import snapgen.train_decoder as td
+    from snapgen.pipeline import SnapGenPipeline
+
+    monkeypatch.setenv("SNAPGEN_CACHE", str(tmp_path / "cache"))
+    loads = []
+    original = td.load_frozen_encoder
+    monkeypatch.setattr(td, "load_frozen_encoder", lambda name: loads.append(name) or original(name))
+    cfg = tiny_config(steps=2, autoencoder="taesd3", resolution=32)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result["unet_config"].in_channels == result["unet_config"].out_channels == 16
+    assert loads == ["taesd3"]  # train and val latents from one frozen encoder
+    from PIL import Image
+
+    grid = Image.open(result["sample_grid"])  # 10 classes x 1 sample of 32 px, saved at 2x
+    assert grid.size == (2 * 32, 2 * 32 * 10)
+    train(tiny_config(steps=2, autoencoder="taesd3", resolution=32), tmp_path / "again", progress=False)
+    assert loads == ["taesd3"]  # the second run read the cached latents
+    pipe = SnapGenPipeline.from_run(tmp_path / "run")
+    assert type(pipe.decoder).__name__ == "AutoencoderTiny"
+    image = pipe("a photo of a cat", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="autoencoder"):
+        make_config("smoke", autoencoder="sdxl")
+    with pytest.raises(ValueError, match="divisible"):
+        make_config("smoke", autoencoder="taesd3", resolution=36)

@@ -1,5 +1,6 @@
 """Decoder training (Sec. 3.2): smoke run, frozen encoder, exact resume, LPIPS loading, evaluation."""
 
+import dataclasses
 import json
 
 import pytest
@@ -61,6 +62,13 @@ def test_resume_is_exact(tmp_path, interrupt_at):
     with pytest.raises(RuntimeError, match="another config"):
         td.train(td.make_config("smoke", **{**TINY_RUN, "steps": 4, "lr": 1.0}), tmp_path / "resumed",
                  progress=False)
+
+
+def test_time_budget_stops_early_and_a_rerun_without_it_resumes(tmp_path):
+    cfg = td.make_config("smoke", **{**TINY_RUN, "steps": 3})
+    stopped = td.train(dataclasses.replace(cfg, time_budget_min=1e-9), tmp_path / "run", progress=False)
+    assert stopped["step"] == 1 and "val_psnr" in stopped  # the last step validates and checkpoints
+    assert td.train(cfg, tmp_path / "run", progress=False)["step"] == 3  # same run: the budget is not hashed
 
 
 def test_eval_writes_json_and_table2_rows(tmp_path):
