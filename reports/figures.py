@@ -132,11 +132,36 @@ def fig6(run: str | Path | None, out: Path) -> str:
     return plot_fig6(records, str(out))
 
 
+def fewstep(run: str | Path, out: Path) -> Path:
+    """Step distillation's grids side by side: the student before (4/8/28 steps) and after (4/8 steps), from the
+    `samples/before_<n>.png` and `samples/fewstep_<n>.png` that `snapgen.step_distill` writes (same noise)."""
+    from PIL import Image, ImageDraw
+
+    samples = Path(run) / "samples"
+    panels = sorted(samples.glob("before_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+    panels += sorted(samples.glob("fewstep_*.png"), key=lambda p: int(p.stem.split("_")[1]))
+    if not panels:
+        raise FileNotFoundError(f"no before_*/fewstep_* grids under {samples}: run `python -m snapgen.step_distill`")
+    images = [Image.open(p).convert("RGB") for p in panels]
+    width, height = max(im.width for im in images), max(im.height for im in images)
+    canvas = Image.new("RGB", (len(images) * (width + 8), height + 24), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (path, image) in enumerate(zip(panels, images)):
+        kind, steps = path.stem.split("_")
+        canvas.paste(image, (i * (width + 8), 24))
+        draw.text((i * (width + 8) + 4, 6), f"{'student' if kind == 'before' else 'distilled'}, {steps} steps",
+                  fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, optimize=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reports.figures", description=__doc__.split("\n\n")[0])
-    parser.add_argument("figure", choices=["fig3", "fig6"])
+    parser.add_argument("figure", choices=["fig3", "fig6", "fewstep"])
     parser.add_argument("run", nargs="?", default=None,
-                        help="fig6: a KD training run directory (default: the newest under runs/sweeps/kd with bins)")
+                        help="fig6: a KD training run directory (default: the newest under runs/sweeps/kd with bins); "
+                             "fewstep: a step-distillation run directory")
     parser.add_argument("--efficiency-only", action="store_true", help="params/FLOPs panels only (no MLflow)")
     parser.add_argument("--latent", type=int, default=128, help="latent side for FLOPs (paper: 128)")
     parser.add_argument("--from-json", type=Path, default=None,
@@ -146,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="params/GFLOPs too from the sweep's MLflow runs (ablations.sweep unet), no profiling")
     parser.add_argument("--out", type=Path, default=None, help=f"PNG (default {DEFAULT_FIG3_OUT}, fig6.png beside it)")
     args = parser.parse_args(argv)
+    if args.figure == "fewstep":
+        if args.run is None:
+            parser.error("fewstep needs the step-distillation run directory")
+        print(fewstep(args.run, args.out or Path(args.run) / "fewstep_vs_before.png"))
+        return 0
     if args.figure == "fig6":
         print(fig6(args.run, args.out or DEFAULT_FIG3_OUT.with_name("fig6.png")))
         return 0

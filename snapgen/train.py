@@ -113,7 +113,7 @@ def encode_latents(splits: dict[str, tuple[np.ndarray, np.ndarray]], names: list
     `cfg.autoencoder` encoder, cached on disk (snapgen.data.latent_cache) under data set, split, resolution and size;
     the encoder loads once, and only on a cache miss."""
     from .data import ImageDataset, latent_cache
-    from .train_decoder import load_frozen_encoder
+    from .models.autoencoders import load_frozen_encoder
 
     encoder: torch.nn.Module | None = None
 

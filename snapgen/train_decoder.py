@@ -38,11 +38,11 @@ from torch import nn
 from tqdm import tqdm
 
 from .config import load_yaml, preset_config, save_yaml, stable_hash
+from .models.autoencoders import ENCODERS, load_frozen_encoder
 from .models.decoder import TinyDecoder, decoder_config
 from .train import (find_checkpoint, hashed_options, load_checkpoint, log_record, parse_value, save_checkpoint,
                     truncate_log)
 
-ENCODERS = ("taesd3", "sd3")
 LPIPS_NETS = {"alex": "lpips_alexnet_backbone", "squeeze": "lpips_squeezenet_backbone", "vgg": "lpips_vgg_backbone"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -105,39 +105,6 @@ def make_config(scale: str = "smoke", **overrides: Any) -> DecoderTrainConfig:
 
 
 # ---- frozen encoders -------------------------------------------------------------------------------------------------
-
-
-class SD3Encoder(nn.Module):
-    """The SD3 VAE encoder: `(B, 3, H, W)` in [-1, 1] -> normalised latent `(mode(q(z|x)) - shift) * scale`.
-
-    The posterior mean (mode) is used: the encoder is fixed, and without a KL term the decoder learns to invert it.
-    """
-
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-        self.latent_channels = vae.config.latent_channels
-        self.scale, self.shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return (self.vae.encode(image).latent_dist.mode() - self.shift) * self.scale
-
-
-def load_frozen_encoder(name: str) -> nn.Module:
-    """The frozen encoder `name` ('taesd3' | 'sd3'), eval mode, `requires_grad_(False)`."""
-    if name == "taesd3":
-        from .models.taesd import TAESDEncoder, load_taesd
-
-        encoder: nn.Module = TAESDEncoder(load_taesd("taesd3", parts=("encoder",)))
-    elif name == "sd3":
-        from diffusers import AutoencoderKL
-
-        from . import weights
-
-        encoder = SD3Encoder(AutoencoderKL.from_pretrained(weights.find_dir("sd3_vae")))
-    else:
-        raise ValueError(f"encoder={name!r}; valid choices: {ENCODERS}")
-    return encoder.eval().requires_grad_(False)
 
 
 # ---- losses ----------------------------------------------------------------------------------------------------------

@@ -157,3 +157,19 @@ def test_ingest_decoder_results_then_table2_reads_them(tmp_path, mlflow_uri):
     assert ours["psnr"] == 24.0 and ours["latency_ms"] == 6.0 and ours["gflops"] == 222.3
     notes = tables.render(table, "md")[1]
     assert "PSNR on photos: set photos" in notes and "torch-cuda bfloat16, GPU-X" in notes
+
+
+def test_fewstep_figure_orders_panels_and_refuses_an_empty_run(tmp_path):
+    from PIL import Image
+
+    samples = tmp_path / "run" / "samples"
+    samples.mkdir(parents=True)
+    for name, shade in (("before_28", 30), ("before_4", 10), ("fewstep_4", 200)):
+        Image.new("RGB", (20, 40), (shade, shade, shade)).save(samples / f"{name}.png")
+    out = figures.fewstep(tmp_path / "run", tmp_path / "fig.png")
+    image = Image.open(out).convert("RGB")
+    assert image.size == (3 * 28, 40 + 24)
+    # panels: before 4, before 28, then distilled 4 (steps ascending within each kind)
+    assert [image.getpixel((i * 28 + 10, 50))[0] for i in range(3)] == [10, 30, 200]
+    with pytest.raises(FileNotFoundError, match="step_distill"):
+        figures.fewstep(tmp_path / "empty", tmp_path / "x.png")

@@ -188,13 +188,13 @@ def test_sample_cli_writes_a_grid_per_class_and_is_deterministic(tmp_path):
 def test_latent_space_run_caches_latents_and_decodes_grids(tmp_path, monkeypatch):
     """autoencoder=taesd3: the UNet learns on TAESD3's 16-ch latents (encoded once, cached), grids and the pipeline
     decode them with TAESD3's decoder."""
-    import snapgen.train_decoder as td
+    import snapgen.models.autoencoders as autoencoders
     from snapgen.pipeline import SnapGenPipeline
 
     monkeypatch.setenv("SNAPGEN_CACHE", str(tmp_path / "cache"))
     loads = []
-    original = td.load_frozen_encoder
-    monkeypatch.setattr(td, "load_frozen_encoder", lambda name: loads.append(name) or original(name))
+    original = autoencoders.load_frozen_encoder
+    monkeypatch.setattr(autoencoders, "load_frozen_encoder", lambda name: loads.append(name) or original(name))
     cfg = tiny_config(steps=2, autoencoder="taesd3", resolution=32)
     result = train(cfg, tmp_path / "run", progress=False)
     assert result["unet_config"].in_channels == result["unet_config"].out_channels == 16

@@ -1,4 +1,5 @@
-"""Baseline decoders of Table 2: the SDXL and SD3 VAE decoders, built from their official configs.
+"""Baseline decoders of Table 2 (the SDXL and SD3 VAE decoders, built from their official configs), and the frozen
+encoders that decoder training and latent-space UNet training use (TAESD3, the SD3 VAE).
 
 The configs are written out here, key by key, as published in the `vae/config.json` of
 `stabilityai/stable-diffusion-xl-base-1.0` and `stabilityai/stable-diffusion-3-medium-diffusers`, so building one
@@ -165,3 +166,41 @@ def load_sd3_decoder(dtype: torch.dtype = torch.float32) -> BaselineDecoder:
         if (tuple(found) if isinstance(found, list) else found) != expected:
             raise ValueError(f"{vae_dir}: {key}={found!r}, but the SD3 VAE has {key}={expected!r}")
     return decoder_from_vae(vae).eval()
+
+
+# ---- frozen encoders (decoder training, latent-space UNet training) -------------------------------------------------
+
+ENCODERS = ("taesd3", "sd3")
+
+
+class SD3Encoder(nn.Module):
+    """The SD3 VAE encoder: `(B, 3, H, W)` in [-1, 1] -> normalised latent `(mode(q(z|x)) - shift) * scale`.
+
+    The posterior mean (mode) is used: the encoder is fixed, and without a KL term the decoder learns to invert it.
+    """
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+        self.latent_channels = vae.config.latent_channels
+        self.scale, self.shift = vae.config.scaling_factor, vae.config.shift_factor or 0.0
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (self.vae.encode(image).latent_dist.mode() - self.shift) * self.scale
+
+
+def load_frozen_encoder(name: str) -> nn.Module:
+    """The frozen encoder `name` ('taesd3' | 'sd3'), eval mode, `requires_grad_(False)`."""
+    if name == "taesd3":
+        from .taesd import TAESDEncoder, load_taesd
+
+        encoder: nn.Module = TAESDEncoder(load_taesd("taesd3", parts=("encoder",)))
+    elif name == "sd3":
+        from diffusers import AutoencoderKL
+
+        from snapgen import weights
+
+        encoder = SD3Encoder(AutoencoderKL.from_pretrained(weights.find_dir("sd3_vae")))
+    else:
+        raise ValueError(f"encoder={name!r}; valid choices: {ENCODERS}")
+    return encoder.eval().requires_grad_(False)
