@@ -94,7 +94,7 @@ class GenerationSettings:
     ema: bool          # EMA weights (True) or raw
     steps: int         # sampler steps
     cfg_scale: float   # classifier-free guidance scale
-    seed: int          # image with global index k uses torch seed `seed + k`
+    seed: int          # image with global index k uses the noise of (seed, k) (snapgen.sampling)
     batch: int         # prompts per generation call (does not change any image: seeds are per image)
     resolution: int    # pixels, from the run's config
     sampler: str       # 'euler' | 'heun'
@@ -121,28 +121,28 @@ class CheckpointGenerator:
 
     def __init__(self, run_dir: str | Path, *, steps: int, cfg_scale: float, seed: int, batch: int, sampler: str,
                  per_prompt: int, grid: str = "none", ema: bool = True, device: str | None = None):
-        from snapgen.sample import load_run
+        from snapgen.runs import open_run
 
-        self.net, self.run_cfg = load_run(run_dir, ema=ema, device=default_device(device))
-        run_dir = Path(run_dir).resolve()
-        run_dir = run_dir.parent if run_dir.name == "checkpoint" else run_dir
+        self.run = open_run(run_dir)
+        self.device = default_device(device)
+        self.net = self.run.net(ema=ema, device=self.device)
+        run_dir = self.run.path.resolve()
         if grid != "none":
             rows, cols = (int(v) for v in grid.split("x"))
             if rows * cols != per_prompt:
                 raise ValueError(f"grid {grid!r} holds {rows * cols} images but per_prompt={per_prompt}")
         self.settings = GenerationSettings(
             checkpoint=str(run_dir), ema=ema, steps=steps, cfg_scale=cfg_scale, seed=seed, batch=batch,
-            resolution=int(self.run_cfg["train"]["resolution"]), sampler=sampler, per_prompt=per_prompt, grid=grid)
+            resolution=self.run.resolution, sampler=sampler, per_prompt=per_prompt, grid=grid)
 
     def images(self, prompts: list[str], first_index: int) -> np.ndarray:
         """Images of consecutive prompts `first_index ...`: uint8 (len(prompts), per_prompt, R, R, 3)."""
-        from snapgen.sample import generate
+        from snapgen import sampling
 
         s = self.settings
-        grid = generate(self.net, self.run_cfg, prompts, s.per_prompt, s.steps, s.cfg_scale,
-                        seed=s.seed + first_index * s.per_prompt, sampler=s.sampler)  # (P*R, per_prompt*R, 3)
-        r = s.resolution
-        return grid.reshape(len(prompts), r, s.per_prompt, r, 3).transpose(0, 2, 1, 3, 4)
+        return sampling.generate(self.run, prompts, s.per_prompt, steps=s.steps, guidance=s.cfg_scale, seed=s.seed,
+                                 first_index=first_index * s.per_prompt, sampler=s.sampler, batch_size=s.batch,
+                                 device=self.device, net=self.net)
 
 
 def check_generation_record(out: Path, settings: GenerationSettings) -> None:

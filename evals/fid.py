@@ -144,56 +144,38 @@ def cifar10_reference(resolution: int, limit: int | None = None) -> tuple[np.nda
 # ---- generation ------------------------------------------------------------------------------------------------------
 
 
-def _read_run(run_dir: Path):
-    from snapgen.config import load_yaml
-    from snapgen.train import TrainConfig
-
-    cfg_file, ckpt = run_dir / "config.yaml", run_dir / "checkpoint" / "unet_ema"
-    if not cfg_file.is_file() or not ckpt.is_dir():
-        raise FileNotFoundError(f"{run_dir} is not a training run directory (needs config.yaml and checkpoint/"
-                                f"unet_ema from snapgen.train)")
-    train = dict(load_yaml(cfg_file)["train"])
-    train["betas"] = tuple(train["betas"])
-    return TrainConfig(**train), ckpt
-
-
 @torch.no_grad()
 def generate(run_dir: str | Path, num_samples: int, sample_steps: int = 30, guidance: float = 2.0,
              batch_size: int = 100, seed: int = 0, device: str | torch.device | None = None) -> np.ndarray:
-    """Class-conditional samples of a run's EMA net: sample i has class i mod K and noise seeded by (seed, i).
+    """Class-conditional samples of a run's EMA net through the one sampler (`snapgen.sampling`): sample i has class
+    i mod K (its first prompt) and the noise of global index i; pixel or latent runs decoded by the run's autoencoder.
 
     Returns:
         uint8 (num_samples, R, R, 3).
     """
-    from snapgen import flow
-    from snapgen.data import class_prompts, load_cifar10
-    from snapgen.models import EfficientUNet
-    from snapgen.train import ClassPromptConditioning, unet_fn
+    from snapgen import flow, sampling
+    from snapgen.conditioning import unet_fn
+    from snapgen.data import class_prompts
+    from snapgen.runs import open_run
 
-    cfg, ckpt = _read_run(Path(run_dir))
-    if cfg.data != "cifar10":
-        raise ValueError(f"generation for FID supports data='cifar10' runs, this run has data={cfg.data!r}; "
-                         f"generate the images yourself and pass their folder")
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
+    run = open_run(run_dir)
+    if not run.class_names:
+        raise ValueError(f"{run_dir} records no class names; generate the images yourself and pass their folder")
+    prompts = [ps[0] for ps in class_prompts(run.class_names)]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    _, _, names = load_cifar10("test", limit=10)
-    prompts = class_prompts(names)
-    first_prompt = np.cumsum([0] + [len(p) for p in prompts])[:-1]  # each class's first prompt (as training)
-    conditioning = ClassPromptConditioning([p for ps in prompts for p in ps], cfg.text_encoder, device)
-    net = EfficientUNet.from_pretrained(ckpt).to(device).eval()
-    objective = flow.get_objective(cfg.objective)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    net, objective = run.net(ema=True, device=device), flow.get_objective(run.objective)
     out = []
     for start in range(0, num_samples, batch_size):
-        index = range(start, min(start + batch_size, num_samples))
-        noise = torch.stack([torch.randn(3, cfg.resolution, cfg.resolution,
-                                         generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
-                             for i in index]).to(device)  # (B, 3, R, R)
-        prompt_idx = torch.as_tensor([first_prompt[i % len(names)] for i in index], device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            x = objective.sample(unet_fn(net), noise, conditioning(prompt_idx), conditioning.null(len(index)),
-                                 steps=sample_steps, guidance=guidance)
-        out.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-    return torch.cat(out).numpy()
+        index = list(range(start, min(start + batch_size, num_samples)))
+        cond, uncond = sampling.prompt_conditions([prompts[i % len(prompts)] for i in index], run.text_encoder, 1,
+                                                  device, run.text_len)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            x = sampling.sample(unet_fn(net), objective, index, run.latent_shape, cond, uncond, steps=sample_steps,
+                                guidance=guidance, seed=seed, decode=run.decode_fn(device), device=device)
+        out.append(sampling.to_uint8(x))
+    return np.concatenate(out)
 
 
 def load_image_dir(path: str | Path, limit: int | None = None) -> np.ndarray:
@@ -225,9 +207,14 @@ def fid_of_run(run_dir: str | Path, num_samples: int, sample_steps: int = 30, gu
 
     The feature extractor and reference statistics come first, so missing weights fail before any sampling.
     """
+    from snapgen.runs import open_run
+
     feature_fn = feature_fn or inception_feature_fn()
-    cfg, _ = _read_run(Path(run_dir))
-    reference, reference_name = cifar10_reference(cfg.resolution, reference_limit)
+    run = open_run(run_dir)
+    if run.train.get("data", "cifar10") != "cifar10":
+        raise ValueError(f"FID of a run compares with CIFAR-10 train; {run_dir} trained on {run.train['data']!r}: "
+                         f"generate its images and pass a folder")
+    reference, reference_name = cifar10_reference(run.resolution, reference_limit)
     reference_statistics(reference, feature_fn, feature_id, cache_dir)
     images = generate(run_dir, num_samples, sample_steps, guidance, batch_size)
     if samples_out is not None:

@@ -101,15 +101,45 @@ class UNetConfig:
 
 def preset_config(cls: type, presets: dict[str, dict[str, Any]], preset: str, overrides: dict[str, Any],
                   what: str = "options") -> Any:
-    """`cls(**presets[preset], **overrides)` (edm2: a preset, then sparse overrides) with errors that list the valid
-    preset names and option names."""
+    """`cls(**presets[preset], **overrides)` (edm2: a preset, then sparse overrides), each override coerced to its
+    field's type (lists to tuples, ints to floats) and checked, with errors that name the option, its value and the
+    valid names."""
     if preset not in presets:
         raise KeyError(f"unknown scale {preset!r}; valid scales: {', '.join(presets)}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - fields)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise KeyError(f"unknown {what} {unknown}; valid options: {sorted(fields)}")
-    return cls(**{**presets[preset], **overrides})
+    values = {**presets[preset], **{k: coerce_option(k, v, fields[k]) for k, v in overrides.items()}}
+    return cls(**values)
+
+
+def coerce_option(name: str, value: Any, field: dataclasses.Field) -> Any:
+    """An override as the type of its field's default: `lr=abc` and `steps=1.5` are errors that say so."""
+    default = field.default if field.default is not dataclasses.MISSING else None
+    if default is None or value is None:
+        return value
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif kind is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+    else:
+        return value
+    raise ValueError(f"{name}={value!r} is not a {kind.__name__} (default {default!r})")
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:
@@ -138,4 +168,4 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
-__all__ = ["UNetConfig", "preset_config", "stable_hash", "flatten", "save_yaml", "load_yaml"]
+__all__ = ["UNetConfig", "preset_config", "coerce_option", "stable_hash", "flatten", "save_yaml", "load_yaml"]

@@ -274,6 +274,44 @@ class ClassConditionalData:
 
 
 # ------------------------------------------------------------------------------------------------ caches
+def class_conditional_splits(data: str, resolution: int, autoencoder: str = "none", val_size: int = 64,
+                             train_limit: int | None = None, seed: int = 0, device: torch.device | str = "cpu"):
+    """(train x, train labels, val x, val labels, class names) of a class-conditional data set: uint8 images
+    (N, H, W, 3), or, with an `autoencoder`, its frozen encoder's latents (N, C, R/f, R/f) at `resolution`, encoded
+    once and cached on disk under data set, split, resolution and size (the encoder loads only on a cache miss).
+
+    `data`: "cifar10" (train split; the first `val_size` test images validate) or an ImageNet-style folder (`val_size`
+    images drawn with `seed` are held out)."""
+    if data == "cifar10":
+        images, labels, names = load_cifar10("train", limit=train_limit)
+        val_images, val_labels, _ = load_cifar10("test", limit=val_size)
+    else:
+        train_set = ImageDataset.image_folder(data, resolution=resolution)
+        n = min(len(train_set), train_limit or len(train_set))
+        if n <= val_size:
+            raise ValueError(f"data={data}: {n} images, but val_size={val_size} are held out for validation; lower "
+                             f"val_size or add images")
+        images, labels, names = train_set.uint8(np.arange(n)), np.asarray(train_set.labels)[:n], train_set.class_names
+        pick = np.random.default_rng(seed).choice(len(images), val_size, replace=False)  # held out below
+        keep = np.setdiff1d(np.arange(len(images)), pick)
+        images, labels, val_images, val_labels = images[keep], labels[keep], images[pick], labels[pick]
+    if autoencoder != "none":
+        from .models.autoencoders import load_frozen_encoder
+
+        encoder: torch.nn.Module | None = None
+
+        def encode(x: Tensor) -> Tensor:
+            nonlocal encoder
+            encoder = encoder or load_frozen_encoder(autoencoder).to(device)
+            return encoder(x.to(device)).float().cpu()
+
+        source = data if data != "cifar10" else os.environ.get("SNAPGEN_CIFAR10_NPZ") or "cifar10"
+        images, val_images = (latent_cache(ImageDataset(x, y, names, resolution=resolution), encode,
+                                           f"{source}:{train_limit}", split, autoencoder)["latents"]
+                              for split, x, y in (("train", images, labels), ("val", val_images, val_labels)))
+    return images, labels, val_images, val_labels, list(names)
+
+
 def cached_tensors(kind: str, key_parts: dict, build: Callable[[], dict[str, Tensor]],
                    cache_dir: str | os.PathLike | None = None) -> dict[str, Tensor]:
     """Load ``<cache>/<kind>/<hash(key_parts)>.safetensors``, or build, save and return it.

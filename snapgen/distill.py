@@ -199,7 +199,7 @@ class TimestepBinMeter:
 
 def read_fig6(out: str) -> list[dict[str, Any]]:
     """The Fig. 6 bins that the training loop logged (from `loss_fn.flush_metrics()`) into `<out>/metrics.jsonl`."""
-    from .train import read_metrics
+    from .runs import read_metrics
 
     return [{k: v for k, v in r.items() if k == "step" or k.startswith("fig6_")}
             for r in read_metrics(out) if any(k.startswith("fig6_") for k in r)]
@@ -286,7 +286,7 @@ def kd_loss_fn(row: Mapping[str, bool] | str, teacher=None, projector: FeaturePr
     Use: `lf = kd_loss_fn(row, teacher, student_channels=student_feature_channels(cfg.unet_config(text_dim)))`;
     `train(cfg, out, loss_fn=lf, extra_modules=lf.extra_modules)`; the Fig. 6 bins land in metrics.jsonl.
     """
-    from .train import unet_fn
+    from .conditioning import unet_fn
 
     row = resolve_row(row)
     objective = objective or flow.FlowObjective()

@@ -1,7 +1,8 @@
 """`SnapGenPipeline`: prompt -> text stack -> EfficientUNet (rectified flow, CFG) -> decoder, a diffusers pipeline.
 
-Sampling (Sec. 3.3 / 4): diffusers' `FlowMatchEulerDiscreteScheduler` with shift 3 ("a time shift of 3 for both
-training and inference"), the UNet taking `timestep = 1000 sigma` as in training (`snapgen.flow`), classifier-free
+Sampling (Sec. 3.3 / 4): the harness's one sampler (`snapgen.sampling`, Flow-Euler, tested against diffusers'
+`FlowMatchEulerDiscreteScheduler`) on the registered scheduler's shift 3 ("a time shift of 3 for both training and
+inference"), each image seeded by its index, the UNet taking `timestep = 1000 sigma` as in training (`snapgen.flow`), classifier-free
 guidance with the null condition of training (every encoder dropped: zeros, attended in full). Modes:
 - 28 steps (Table 3's setting) with CFG;
 - few-step (4 or 8) for step-distilled UNets (Sec. 3.4); guidance defaults to 1 (off) there, as the distilled
@@ -24,6 +25,7 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
+from . import flow, sampling
 from .flow import NUM_TRAIN_TIMESTEPS, TRAIN_SHIFT
 from .models import EfficientUNet
 from .models.text_stack import TextStack, TextStackConfig
@@ -89,14 +91,15 @@ class SnapGenPipeline(DiffusionPipeline):
         hidden, mask, _ = self.text_stack.encode(prompts, use=use_encoders)
         return hidden.to(self.unet.device, self.unet.dtype), mask.to(self.unet.device)
 
-    def prepare_latents(self, batch: int, height: int, width: int, seed: int) -> torch.Tensor:
-        """Noise at sigma = 1, one CPU generator per image (seed + index): the same image whatever the batch."""
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
         factor = self.vae_scale_factor
         if height % factor or width % factor:
             raise ValueError(f"height={height} and width={width} must be divisible by the decoder's factor {factor}")
-        shape = (self.unet.config.in_channels, height // factor, width // factor)
-        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(batch)]
-        return torch.stack(noise).to(self.unet.device, torch.float32)
+        return self.unet.config.in_channels, height // factor, width // factor
+
+    def prepare_latents(self, batch: int, height: int, width: int, seed: int) -> torch.Tensor:
+        """Noise at sigma = 1 of images 0..batch-1, seeded by (seed, index) as `snapgen.sampling` seeds every sample."""
+        return sampling.initial_noise(range(batch), self.latent_shape(height, width), seed).to(self.unet.device)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) normalised latents (or pixels) -> (B, 3, H, W) images in [-1, 1]."""
@@ -151,23 +154,18 @@ class SnapGenPipeline(DiffusionPipeline):
         batch = len(prompts)
 
         hidden, mask = self.encode_prompt(prompts, use_encoders)
-        do_cfg = guidance_scale != 1.0
-        if do_cfg:
-            null_hidden, null_mask, _ = self.text_stack.null(batch)
-            hidden = torch.cat([null_hidden.to(hidden), hidden])  # (2B, S, D): unconditional first
-            mask = torch.cat([null_mask.to(mask.device), mask])
-        x = self.prepare_latents(batch, height, width, seed) if latents is None else latents.to(
-            self.unet.device, torch.float32)
+        null_hidden, null_mask, _ = self.text_stack.null(batch)
+        uncond = (null_hidden.to(hidden), null_mask.to(mask.device))
+        unet = self.unet
 
-        self.scheduler.set_timesteps(num_inference_steps, device=x.device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_in = torch.cat([x, x]) if do_cfg else x
-            timestep = t.expand(model_in.shape[0]).to(x.device)  # = 1000 sigma, as in training
-            v = self.unet(model_in.to(self.unet.dtype), timestep, hidden, mask).float()
-            if do_cfg:
-                v_uncond, v_cond = v.chunk(2)
-                v = v_uncond + guidance_scale * (v_cond - v_uncond)  # classifier-free guidance
-            x = self.scheduler.step(v, t, x).prev_sample  # Eq. 3, Flow-Euler, in fp32
+        def net_fn(x, timestep, cond):  # timestep = 1000 sigma, as in training
+            return unet(x.to(unet.dtype), timestep, cond[0], cond[1]).float()
+
+        # The one sampler (Flow-Euler, Eq. 3, in fp32) on the registered scheduler's schedule (its shift).
+        objective = flow.FlowObjective(shift=self.scheduler.config.shift)
+        x = sampling.sample(net_fn, objective, range(batch), self.latent_shape(height, width), (hidden, mask), uncond,
+                            steps=num_inference_steps, guidance=guidance_scale, seed=seed, noise=latents,
+                            device=unet.device).to(unet.device)
 
         if output_type == "latent":
             images = x
@@ -190,23 +188,23 @@ class SnapGenPipeline(DiffusionPipeline):
         Raises:
             FileNotFoundError when `run` is not a run directory; ValueError for DDPM runs (not a flow model).
         """
-        from .sample import load_run
+        from .runs import open_run
 
-        net, run_cfg = load_run(run, ema=ema, device=device)
-        train_cfg = run_cfg["train"]
-        if train_cfg.get("objective", "flow") != "flow":
-            raise ValueError(f"{run} was trained with objective={train_cfg['objective']!r}; this pipeline samples "
+        opened = open_run(run)
+        if opened.objective != "flow":
+            raise ValueError(f"{run} was trained with objective={opened.objective!r}; this pipeline samples "
                              f"rectified-flow models (use `python -m snapgen.sample` for DDPM runs)")
+        net = opened.net(ema=ema, device=device)
         from .models.text_stack import load_text_stack
 
-        stack = load_text_stack(TextStackConfig(channel_group=(train_cfg["text_encoder"],), sequence_group=()),
+        stack = load_text_stack(TextStackConfig(channel_group=(opened.text_encoder,), sequence_group=()),
                                 device=device)
         decoder = None
-        if train_cfg.get("autoencoder", "none") != "none":  # a latent-space run: its autoencoder's decoder
+        if opened.autoencoder != "none":  # a latent-space run: its autoencoder's decoder
             from .models.taesd import load_taesd
 
-            decoder = load_taesd(train_cfg["autoencoder"], parts=("decoder",)).to(device)
-        return cls(net, flow_scheduler(), stack, decoder, resolution=int(train_cfg["resolution"]))
+            decoder = load_taesd(opened.autoencoder, parts=("decoder",)).to(device)
+        return cls(net, flow_scheduler(), stack, decoder, resolution=opened.resolution)
 
 
 def load_pipeline(ckpt: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> SnapGenPipeline:

@@ -22,6 +22,7 @@ Smoke scale runs every stage on CPU, on CIFAR-10 class prompts at 8 -> 8 -> 16 -
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +31,6 @@ from typing import Any
 
 GPUS = 64  # supplement G: 8 nodes x 8 A100
 BASE_LR, BASE_BATCH = 5e-5, 1024  # supplement G: "for a total batch size of 1024, we use a learning rate of 5e-5"
-LOSSES = ("task", "kd", "step_distill")
 
 
 def scaled_lr(batch: int) -> float:
@@ -101,66 +101,62 @@ def get_recipe(name: str, scale: str) -> list[Stage]:
     return RECIPES[name][scale]()
 
 
-def _teacher(spec: str, resolution: int, text_dim: int):
+def _teacher(spec: str, resolution: int, text_dim: int, autoencoder: str = "none"):
     from .teachers import SmallTeacherConfig, build_small_teacher, load_teacher
 
     if spec == "random-small":  # smoke: an untrained 2-layer MMDiT checks the plumbing of KD / step distillation
-        return build_small_teacher(SmallTeacherConfig(resolution=resolution, num_layers=2, num_attention_heads=2,
-                                                      attention_head_dim=8), text_dim, seed=1)
+        return build_small_teacher(SmallTeacherConfig(resolution=resolution, autoencoder=autoencoder, num_layers=2,
+                                                      num_attention_heads=2, attention_head_dim=8), text_dim, seed=1)
     return load_teacher(spec)
 
 
-def _from_ema(run_dir: Path):
-    """The EMA UNet of a finished stage: the next stage starts from it."""
-    from .models import EfficientUNet
+def _unet_stage(stage: Stage, prev: Path | None, scale: str):
+    """'task' and 'kd' stages: the UNet stage, from the previous stage's EMA weights (a fresh net for the first)."""
+    from .distill import kd_loss_fn, student_feature_channels
+    from .runs import open_run
+    from .train import UNetStage, make_config
 
-    return EfficientUNet.from_pretrained(run_dir / "checkpoint" / "unet_ema")
+    cfg = make_config("smoke" if scale == "smoke" else "paper", **stage.overrides)
+    factory = (lambda dim: open_run(prev).net().train()) if prev is not None else None
+    if stage.loss == "task":
+        return UNetStage(cfg, net_factory=factory)
+    student = open_run(prev).net()
+    teacher = _teacher(stage.teacher, cfg.resolution, student.config.cross_attention_dim, cfg.autoencoder)
+    loss_fn = kd_loss_fn(stage.kd_row, teacher, student_channels=student_feature_channels(student.unet_config))
+    return UNetStage(cfg, loss_fn, net_factory=factory, extra_modules=loss_fn.extra_modules)
+
+
+def _step_distill_stage(stage: Stage, prev: Path | None, scale: str):
+    """Eq. 9 on the previous stage's run, with its teacher in the student's space."""
+    from .runs import open_run
+    from .step_distill import StepDistillConfig, StepDistillStage
+
+    if prev is None:
+        raise ValueError(f"stage {stage.name}: step distillation needs a previous stage to distil")
+    student = open_run(prev)
+    teacher = _teacher(stage.teacher, student.resolution, student.net().config.cross_attention_dim,
+                       student.autoencoder)
+    cfg = StepDistillConfig(**{**stage.step_distill, "log_every": 1, "ckpt_every": 2,
+                               "steps": 2 if scale == "smoke" else 10**6})
+    return StepDistillStage(prev, teacher, cfg)
+
+
+STAGE_BUILDERS = {"task": _unet_stage, "kd": _unet_stage, "step_distill": _step_distill_stage}
 
 
 def run_recipe(stages: list[Stage], out: str | Path, scale: str = "smoke", progress: bool = False) -> list[dict]:
-    """Run the stages in order, each in `out/<i>_<name>`, each from the previous stage's EMA weights.
-
-    Rerunning resumes: a finished stage's run is resumed at its last step (nothing to do) by `snapgen.train`.
-    """
-    from .models import EfficientUNet
-    from .train import make_config, train
+    """Run the stages in order through the one engine, each in `out/<i>_<name>`, each from the previous stage's EMA
+    weights. Rerunning resumes: a finished stage is resumed at its last step (nothing to do)."""
+    from .training import fit
 
     out = Path(out)
     results, prev = [], None
     for i, stage in enumerate(stages):
-        if stage.loss not in LOSSES:
-            raise ValueError(f"stage {stage.name}: loss={stage.loss!r}; valid: {LOSSES}")
+        if stage.loss not in STAGE_BUILDERS:
+            raise ValueError(f"stage {stage.name}: loss={stage.loss!r}; valid: {', '.join(STAGE_BUILDERS)}")
         run_dir = out / f"{i}_{stage.name}"
-        if stage.loss == "step_distill":
-            from .step_distill import StepDistillConfig, step_distill
-
-            if prev is None:
-                raise ValueError("step distillation needs a previous stage to distil")
-            from .sample import load_run
-
-            _, prev_cfg = load_run(prev)
-            res = prev_cfg["train"]["resolution"]
-            text_dim = EfficientUNet.from_pretrained(prev / "checkpoint" / "unet_ema").config.cross_attention_dim
-            teacher = _teacher(stage.teacher, res, text_dim)
-            cfg = StepDistillConfig(**{**stage.step_distill, "log_every": 1, "ckpt_every": 2})
-            result = step_distill(prev, teacher, run_dir, steps=2 if scale == "smoke" else 10**6, cfg=cfg,
-                                  progress=progress, evaluate=scale != "smoke")
-        else:
-            cfg = make_config("smoke" if scale == "smoke" else "paper", **stage.overrides)
-            factory = None
-            if prev is not None:
-                factory = lambda dim, prev=prev: _from_ema(prev)  # noqa: E731
-            kwargs: dict[str, Any] = {}
-            if stage.loss == "kd":
-                from .distill import kd_loss_fn, student_feature_channels
-
-                student = EfficientUNet.from_pretrained(prev / "checkpoint" / "unet_ema")
-                teacher = _teacher(stage.teacher, cfg.resolution, student.config.cross_attention_dim)
-                loss_fn = kd_loss_fn(stage.kd_row, teacher,
-                                     student_channels=student_feature_channels(student.unet_config))
-                kwargs = dict(loss_fn=loss_fn, extra_modules=loss_fn.extra_modules)
-            result = train(cfg, run_dir, net_factory=factory, progress=progress, **kwargs)
-            prev = run_dir
+        result = fit(STAGE_BUILDERS[stage.loss](stage, prev, scale), run_dir, progress=progress)
+        prev = run_dir
         results.append({"stage": stage.name, "loss": stage.loss, "out": str(run_dir),
                         **{k: v for k, v in result.items() if isinstance(v, (int, float, str))}})
         print(json.dumps(results[-1]), file=sys.stderr)
@@ -169,19 +165,46 @@ def run_recipe(stages: list[Stage], out: str | Path, scale: str = "smoke", progr
     return results
 
 
+def with_overrides(stages: list[Stage], overrides: dict[str, Any]) -> list[Stage]:
+    """`--set` applied to every UNet stage. A latent space (`autoencoder=...`) multiplies each stage's resolution by
+    the autoencoder's factor, so the latents keep the pixel run's sizes (the paper's latents are R/8 of its images)."""
+    from .models.autoencoders import AUTOENCODERS
+
+    out = []
+    for stage in stages:
+        if stage.loss == "step_distill":
+            out.append(stage)
+            continue
+        o = {**stage.overrides, **overrides}
+        if overrides.get("autoencoder", "none") != "none" and "resolution" not in overrides:
+            o["resolution"] = stage.overrides["resolution"] * AUTOENCODERS[overrides["autoencoder"]][1]
+        out.append(dataclasses.replace(stage, overrides=o))
+    return out
+
+
 def describe(stages: list[Stage]) -> list[dict[str, Any]]:
     return [{"stage": s.name, "loss": s.loss, "teacher": s.teacher, "kd_row": s.kd_row, "overrides": s.overrides,
              "step_distill": s.step_distill, "notes": s.notes} for s in stages]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from .training.cli import parse_overrides
+
+    p = argparse.ArgumentParser(prog="python -m snapgen.recipes", description=__doc__.split("\n")[0])
     p.add_argument("recipe", choices=sorted(RECIPES))
     p.add_argument("--scale", default="smoke", choices=["smoke", "paper"])
     p.add_argument("--out", default=None)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="training options for every UNet stage (e.g. autoencoder=taesd3)")
     p.add_argument("--dry-run", action="store_true", help="print the stages and exit")
+    p.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = p.parse_args(argv)
-    stages = get_recipe(args.recipe, args.scale)
+    stages = with_overrides(get_recipe(args.recipe, args.scale), parse_overrides(args.set))
+    from .train import make_config
+
+    for stage in stages:  # every stage's options are checked before the first one trains
+        if stage.loss != "step_distill":
+            make_config("smoke" if args.scale == "smoke" else "paper", **stage.overrides)
     if args.dry_run:
         print(json.dumps(describe(stages), indent=2, default=str))
         return 0
@@ -190,4 +213,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .training.cli import run_cli
+
+    sys.exit(run_cli(main))

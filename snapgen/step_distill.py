@@ -19,7 +19,6 @@ x'_{t-1} ~ q(x_{t-1} | x'_0), and the generator (our student) minimises  L_adv^G
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import sys
@@ -32,18 +31,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import flow
-from .config import load_yaml, save_yaml, stable_hash
+from . import flow, sampling
+from .conditioning import PromptConditioning, unet_fn
+from .config import preset_config
 from .distill import output_kd_loss, timestep_aware_scaling
-from .models import EfficientUNet
+from .training import EngineOptions, Phase, Stage, fit
+from .training.cli import parse_overrides, print_options, run_cli
 
 GAN_LOSSES = ("hinge", "nonsaturating")
 
 
 @dataclass(frozen=True)
-class StepDistillConfig:
+class StepDistillConfig(EngineOptions):
     student_steps: int = 4             # the few-step schedule the student is distilled for
     batch_size: int = 32
+    steps: int = 200                   # D+G iterations
     lr_g: float = 1e-5                 # student (generator) learning rate; supplement G scales 5e-5 @ batch 1024
     lr_d: float = 1e-4                 # discriminator heads
     betas: tuple[float, float] = (0.9, 0.999)  # supplement G
@@ -56,9 +58,7 @@ class StepDistillConfig:
     lambda_t: str = "u"                # λ(t) at the unshifted timestep ('u') or at σ ('sigma'), as distill.kd_loss_fn
     ema_decay: float = 0.999           # supplement G
     cond_dropout: float = 0.1
-    seed: int = 0
-    log_every: int = 10
-    ckpt_every: int = 100
+    val_every: int = 10**9             # no periodic validation: the few-step evaluation runs at the end
     eval_steps: tuple[int, ...] = (4, 8)   # sampler steps of the few-step evaluation
     before_steps: tuple[int, ...] = (4, 8, 28)  # the undistilled student's sampler steps, evaluated alike (Table 3: 28)
     eval_samples_per_class: int = 4
@@ -66,6 +66,14 @@ class StepDistillConfig:
     reference_steps: int = 30          # the teacher's sampler steps for the few-step fidelity metric
 
     def __post_init__(self):
+        super().__post_init__()
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+        if self.student_steps < 1 or self.num_heads < 1 or self.reference_steps < 1 or self.eval_samples_per_class < 1:
+            raise ValueError("student_steps, num_heads, reference_steps and eval_samples_per_class must be >= 1")
+        if any(n < 1 for n in (*self.eval_steps, *self.before_steps)):
+            raise ValueError(f"eval_steps={self.eval_steps} and before_steps={self.before_steps} must be >= 1")
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss={self.gan_loss!r}; valid choices: {', '.join(GAN_LOSSES)}")
         if self.lambda_t not in ("u", "sigma"):
@@ -186,227 +194,206 @@ def generator_step(net, teacher, heads: DiscriminatorHeads, x0: Tensor, cond, si
 @torch.no_grad()
 def few_step_sample(net, noise: Tensor, cond, uncond=None, steps: int = 4, guidance: float = 1.0) -> Tensor:
     """Flow-Euler (Eq. 3) with `steps` steps (4 or 8 after step distillation). Returns (B, C, H, W) float32."""
-    from .train import unet_fn
-
     return flow.FlowObjective().sample(unet_fn(net), noise, cond, uncond, steps=steps, guidance=guidance)
 
 
 @torch.no_grad()
-def few_step_eval(net, teacher, conditioning, class_prompt_idx: list[int], per_class: int, resolution: int,
-                  steps: Sequence[int] = (4, 8), reference_steps: int = 30, guidance: float = 1.0,
-                  seed: int = 0) -> tuple[dict[str, float], dict[int, np.ndarray]]:
-    """Sample every class with `steps` Flow-Euler steps from fixed noise, and the teacher with `reference_steps` from
-    the same noise. Returns ({'fewstep_mse_vs_teacher_<n>': mean squared distance in [-1, 1] pixels}, {n: uint8
-    grid (rows*R, per_class*R, 3)}). The distance is a cheap fidelity proxy; FID comes from evals.fid."""
+def few_step_eval(nets: dict[str, tuple[torch.nn.Module, Sequence[int]]], teacher, conditioning, prompt_idx: list[int],
+                  per_class: int, shape: tuple[int, ...], reference_steps: int = 30, guidance: float = 1.0,
+                  decode=None, labels: Sequence[str] | None = None, device="cpu"):
+    """Sample each net of `nets` ({prefix: (net, sampler steps)}) and the teacher (`reference_steps`) through the one
+    sampler, from the same noise (global indices 0..N-1). Returns ({'<prefix>_mse_vs_teacher_<n>': mean squared
+    distance in [-1, 1] pixels}, {'<prefix>_<n>': grid image}). The distance is a cheap fidelity proxy, not FID."""
     from .teachers import teacher_fn
 
-    device = conditioning.hidden.device
-    idx = torch.tensor(class_prompt_idx, device=device).repeat_interleave(per_class)
-    noise = torch.randn(len(idx), 3, resolution, resolution, generator=torch.Generator().manual_seed(seed)).to(device)
-    cond, uncond = conditioning(idx), conditioning.null(len(idx))
-    reference = flow.FlowObjective().sample(teacher_fn(teacher), noise, cond, uncond, steps=reference_steps,
-                                            guidance=guidance) if teacher is not None else None
+    idx = torch.as_tensor(prompt_idx, device=device).repeat_interleave(per_class)
+    indices, cond, uncond = range(len(idx)), conditioning(idx), conditioning.null(len(idx))
+    objective = flow.FlowObjective()
+    reference = sampling.sample(teacher_fn(teacher), objective, indices, shape, cond, uncond, steps=reference_steps,
+                                guidance=guidance, decode=decode, device=device) if teacher is not None else None
     metrics, grids = {}, {}
-    for n in steps:
-        x = few_step_sample(net, noise, cond, uncond, n, guidance).clamp(-1, 1)
-        if reference is not None:
-            metrics[f"fewstep_mse_vs_teacher_{n}"] = float((x - reference.clamp(-1, 1)).pow(2).mean())
-        img = ((x + 1) * 127.5).round().to(torch.uint8).cpu()  # (N, 3, R, R)
-        img = img.view(len(class_prompt_idx), per_class, 3, resolution, resolution).permute(0, 3, 1, 4, 2)
-        grids[n] = img.reshape(len(class_prompt_idx) * resolution, per_class * resolution, 3).numpy()
+    for prefix, (net, steps) in nets.items():
+        for n in steps:
+            x = sampling.sample(unet_fn(net), objective, indices, shape, cond, uncond, steps=n, guidance=guidance,
+                                decode=decode, device=device)
+            if reference is not None:
+                metrics[f"{prefix}_mse_vs_teacher_{n}"] = float((x - reference).pow(2).mean())
+            grids[f"{prefix}_{n}"] = sampling.grid(sampling.to_uint8(x), per_class, labels=labels)
     return metrics, grids
 
 
-# ---- checkpoints -----------------------------------------------------------------------------------------------------
+# ---- the stage -------------------------------------------------------------------------------------------------------
 
 
-def load_student(student_ckpt: str | Path) -> tuple[EfficientUNet, dict[str, Any]]:
-    """A run directory of snapgen.train (its EMA weights and config.yaml) or a diffusers UNet directory."""
-    path = Path(student_ckpt)
-    if (path / "config.yaml").is_file():
-        from .train import find_checkpoint
+class StepDistillStage(Stage):
+    """Two phases per iteration on one data batch, each with its own noise: D (the discriminator heads on the frozen
+    teacher) then G (the student: L_adv^G + S(L_task, L_kd)). The student comes from a run (`snapgen.runs`), in its
+    own space (pixels or its autoencoder's latents), on its own data and text encoder."""
 
-        ckpt = find_checkpoint(path)
-        if ckpt is None:
-            raise FileNotFoundError(f"no checkpoint in the run directory {path}")
-        return EfficientUNet.from_pretrained(ckpt / "unet_ema"), load_yaml(path / "config.yaml")["train"]
-    if (path / "config.json").is_file():
-        return EfficientUNet.from_pretrained(path), {}
-    raise FileNotFoundError(f"{path} is neither a snapgen.train run directory (config.yaml + checkpoint/) nor a "
-                            f"diffusers UNet directory (config.json)")
+    kind = "step_distill"
+    ema = {"unet_ema": "unet"}
+
+    def __init__(self, student: str | Path, teacher, cfg: StepDistillConfig, kd_teacher=None):
+        from .runs import open_run
+
+        self.options = self.cfg = cfg
+        self.student_path = Path(student)
+        self.student_run = open_run(student)
+        if self.student_run.kind == "decoder":
+            raise ValueError(f"{student} is a decoder run; step distillation takes a UNet run")
+        self.teacher, self.kd_teacher = teacher, kd_teacher
+
+    def setup(self, device, rank, world):
+        from .data import ClassConditionalData, class_conditional_splits, class_prompts
+
+        run, cfg = self.student_run, self.cfg
+        self.device = device
+        t = run.train
+        images, labels, _, _, names = class_conditional_splits(
+            t.get("data", "cifar10"), run.resolution, run.autoencoder, int(t.get("val_size", 64)),
+            t.get("train_limit"), int(t.get("seed", 0)), device)
+        self.names = names
+        self.data = ClassConditionalData(images, labels, class_prompts(names), cfg.batch_size, cfg.seed,
+                                         run.resolution)
+        self.conditioning = PromptConditioning(self.data.prompts, run.text_encoder, device, length=run.text_len)
+        self.teacher = self.teacher.to(device)
+        self.net = run.net(ema=True, device=device).train()
+        torch.manual_seed(cfg.seed)  # the heads' initial weights: the same on every rerun
+        self.heads = DiscriminatorHeads(self.teacher.feature_dim, head_layers(self.teacher.num_layers, cfg.num_heads))
+        self.sigmas = flow.flow_sigmas(cfg.student_steps).to(device)  # (n+1,) the few-step schedule, σ_n = 0
+
+    def modules(self):
+        return {"unet": self.net, "heads": self.heads}
+
+    def phases(self):
+        cfg = self.cfg
+
+        def d_phase(models, batch, generator):
+            out = discriminator_step(models.raw["unet"], self.teacher, models.heads, batch["x0"],
+                                     self.conditioning(batch["prompt_idx"], batch["drop"]), self.sigmas, generator,
+                                     cfg.gan_loss)
+            return {"loss": out["loss"], "real": out["d_real"], "fake": out["d_fake"]}
+
+        def g_phase(models, batch, generator):
+            out = generator_step(models.unet, self.teacher, models.raw["heads"], batch["x0"],
+                                 self.conditioning(batch["prompt_idx"], batch["drop"]), self.sigmas, generator, cfg,
+                                 self.kd_teacher)
+            return {"loss": out["loss"], "adv": out["loss_adv"], "task": out["loss_task"], "kd": out["loss_kd"],
+                    "scaled": out["loss_scaled"]}
+
+        return [Phase("d", ["heads"], d_phase, cfg.lr_d, cfg.betas, cfg.weight_decay, prefix="d_"),
+                Phase("g", ["unet"], g_phase, cfg.lr_g, cfg.betas, cfg.weight_decay, prefix="g_")]
+
+    def batch(self, step, generator):
+        batch = self.data.batch(step)
+        drop = torch.rand(len(batch["x0"]), generator=generator) < self.cfg.cond_dropout
+        return {"x0": batch["x0"], "prompt_idx": batch["prompt_idx"], "drop": drop}
+
+    def identity(self):
+        return {"student": str(self.student_path.resolve()), "student_run_hash": self.student_run.config.get("run_hash"),
+                "teacher": dict(self.teacher.config)}
+
+    def run_config(self):
+        # the student run's sampling facts (train, class_names, text_len), so `snapgen.sample OUT --steps 4` works
+        student = self.student_run.config
+        return {"train": student.get("train", {}), "unet": student.get("unet"), "class_names": student.get("class_names"),
+                "text_len": student.get("text_len"), "student": str(self.student_path),
+                "step_distill": dataclasses.asdict(self.cfg)}
+
+    def evaluate_fewstep(self, ema: torch.nn.Module, out: Path) -> dict[str, Any]:
+        """The distilled EMA student (eval_steps) and the student before distillation (before_steps), from the same
+        noise against the same teacher reference; writes samples/{fewstep,before}_<n>.png and eval.json."""
+        cfg, run = self.cfg, self.student_run
+        first = [int(self.data.first_prompt[k]) for k in range(len(self.names))]
+        nets = {"fewstep": (ema, cfg.eval_steps), "before": (run.net(ema=True, device=self.device), cfg.before_steps)}
+        bf16 = self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            metrics, grids = few_step_eval(nets, self.teacher, self.conditioning, first, cfg.eval_samples_per_class,
+                                           run.latent_shape, cfg.reference_steps, cfg.eval_cfg,
+                                           decode=run.decode_fn(self.device), labels=self.names, device=self.device)
+        result: dict[str, Any] = dict(metrics)
+        (out / "samples").mkdir(exist_ok=True)
+        for name, image in grids.items():
+            path = out / "samples" / f"{name}.png"
+            image.save(path)
+            result[f"{name.split('_')[0]}_grid_{name.split('_')[1]}"] = str(path)
+        return result
 
 
-# ---- the loop --------------------------------------------------------------------------------------------------------
-
-
-def step_distill(student_ckpt: str | Path, teacher, out: str | Path, steps: int = 200,
-                 cfg: StepDistillConfig | None = None, kd_teacher=None, data: str = "cifar10",
-                 resolution: int | None = None, text_encoder: str | None = None, progress: bool = True,
-                 evaluate: bool = True, **overrides: Any) -> dict[str, Any]:
-    """Distil the student at `student_ckpt` into a few-step model (Eq. 9), alternating D and G steps; resume by
-    calling again with the same `out`.
+def step_distill(student_ckpt: str | Path, teacher, out: str | Path, steps: int | None = None,
+                 cfg: StepDistillConfig | None = None, kd_teacher=None, progress: bool = True, evaluate: bool = True,
+                 callbacks: Sequence[Any] = (), **overrides: Any) -> dict[str, Any]:
+    """Distil the student run at `student_ckpt` into a few-step model (Eq. 9) through the engine; resume by calling
+    again with the same `out` (more `steps` extends the run: the learning rates are constant).
 
     Args:
-        student_ckpt: a snapgen.train run directory (its EMA weights, resolution and text encoder are used) or a
-            diffusers UNet directory (then pass `resolution` and `text_encoder`).
-        teacher: the frozen few-step teacher (`teachers.TeacherAdapter`): discriminator backbone and, unless
-            `kd_teacher` is given, the KD target of S(L_task, L_kd).
+        teacher: the frozen few-step teacher (`teachers.TeacherAdapter`) in the student's space: discriminator
+            backbone and, unless `kd_teacher` is given, the KD target of S(L_task, L_kd).
         out: run directory (metrics.jsonl, config.yaml, checkpoint/, eval.json, samples/fewstep_<n>.png and
             samples/before_<n>.png: the student before distillation).
-        steps: D+G iterations in total. cfg / overrides: `StepDistillConfig` fields.
+        steps: D+G iterations (default: cfg.steps). cfg / overrides: `StepDistillConfig` fields.
     Returns:
-        the last logged metrics, with `out`, `step` and the few-step evaluation (`fewstep_mse_vs_teacher_<n>`,
-        `fewstep_grid_<n>` paths, and `before_...` for the undistilled student) when `evaluate`.
+        the last logged metrics, with `out`, `step` and, when `evaluate`, the few-step evaluation
+        (`fewstep_mse_vs_teacher_<n>`, `fewstep_grid_<n>` paths, `before_...` for the undistilled student).
     """
-    from PIL import Image
-    from tqdm import tqdm
-
-    from .data import ClassConditionalData, class_prompts, load_cifar10
-    from .train import (ClassPromptConditioning, ema_update, find_checkpoint, load_checkpoint, save_checkpoint,
-                        step_generator)
-
-    cfg = dataclasses.replace(cfg or StepDistillConfig(), **overrides)
+    cfg = dataclasses.replace(cfg or StepDistillConfig(), **overrides, **({"steps": steps} if steps else {}))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    student, student_train = load_student(student_ckpt)
-    resolution = resolution or student_train.get("resolution")
-    text_encoder = text_encoder or student_train.get("text_encoder", "minilm")
-    if resolution is None:
-        raise ValueError(f"{student_ckpt} carries no training config; pass resolution=")
-    if data != "cifar10":
-        raise ValueError(f"step distillation data={data!r}; only 'cifar10' (the embedded default) is supported")
-
-    images, labels, names = load_cifar10("train")
-    batches = ClassConditionalData(images, labels, class_prompts(names), cfg.batch_size, cfg.seed, resolution)
-    conditioning = ClassPromptConditioning(batches.prompts, text_encoder, device)
-
-    teacher = teacher.to(device)
-    net = student.to(device).train()
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    torch.manual_seed(cfg.seed)  # the heads' initial weights: the same on every rerun
-    heads = DiscriminatorHeads(teacher.feature_dim, head_layers(teacher.num_layers, cfg.num_heads)).to(device)
-    opt_g = torch.optim.AdamW(net.parameters(), lr=cfg.lr_g, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.AdamW(heads.parameters(), lr=cfg.lr_d, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sigmas = flow.flow_sigmas(cfg.student_steps).to(device)  # (n+1,) the few-step schedule, σ_n = 0
-
-    # `steps` is left out: the learning rates are constant, so a run may be extended by calling again with more steps.
-    run_hash = stable_hash({"step_distill": dataclasses.asdict(cfg), "student": str(student_ckpt),
-                            "teacher": dict(teacher.config), "resolution": resolution, "text_encoder": text_encoder})
-    ckpt = find_checkpoint(out)
-    step = 0
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, {"unet": net, "unet_ema": ema}, run_hash)
-        heads.load_state_dict(state["heads"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        step = int(state["step"])
-    # the student run's config (train, class_names, text_len) too, so `python -m snapgen.sample OUT --steps 4` works
-    student_run = load_yaml(Path(student_ckpt) / "config.yaml") if (Path(student_ckpt) / "config.yaml").is_file() else {}
-    save_yaml({**student_run, "step_distill": dataclasses.asdict(cfg), "steps": steps, "student": str(student_ckpt),
-               "resolution": resolution, "text_encoder": text_encoder, "run_hash": run_hash}, out / "config.yaml")
-    log_path = out / "metrics.jsonl"
-    if log_path.exists():  # lines past the checkpoint will be written again
-        kept = [l for l in log_path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-        log_path.write_text("".join(l + "\n" for l in kept))
-
-    last: dict[str, Any] = {}
-    window: list[dict[str, float]] = []
-    bar = tqdm(total=steps, initial=step, disable=not progress, desc="step distill")
-    while step < steps:
-        batch = batches.batch(step)
-        x0, prompt_idx = batch["x0"].to(device), batch["prompt_idx"].to(device)
-        g_drop = step_generator(cfg.seed, 0, 3 * step, device)
-        drop = torch.rand(len(x0), generator=g_drop, device=device) < cfg.cond_dropout
-        cond = conditioning(prompt_idx, drop)
-
-        d_terms = discriminator_step(net, teacher, heads, x0, cond, sigmas,
-                                     step_generator(cfg.seed, 0, 3 * step + 1, device), cfg.gan_loss)
-        d_terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(heads.parameters(), cfg.grad_clip or float("inf"))
-        opt_d.step()
-        opt_d.zero_grad(set_to_none=True)
-
-        g_terms = generator_step(net, teacher, heads, x0, cond, sigmas,
-                                 step_generator(cfg.seed, 0, 3 * step + 2, device), cfg, kd_teacher)
-        g_terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip or float("inf"))
-        opt_g.step()
-        opt_g.zero_grad(set_to_none=True)
-        ema_update(ema, net, cfg.ema_decay, step)
-        step += 1
-        bar.update(1)
-        window.append({"loss_d": d_terms["loss"].item(), "d_real": d_terms["d_real"].item(),
-                       "d_fake": d_terms["d_fake"].item(), "loss_g": g_terms["loss"].item(),
-                       **{k: g_terms[k].item() for k in ("loss_adv", "loss_task", "loss_kd", "loss_scaled")}})
-        if step % cfg.log_every == 0 or step == steps:
-            record = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
-            window.clear()
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            last.update(record)
-            bar.set_postfix(d=f"{record['loss_d']:.3f}", g=f"{record['loss_g']:.3f}")
-        if step % cfg.ckpt_every == 0 or step == steps:
-            save_checkpoint(out, {"unet": net, "unet_ema": ema}, {
-                "heads": heads.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
-                "run_hash": run_hash})
-    bar.close()
-
-    result = {**last, "step": step, "out": str(out)}
+    stage = StepDistillStage(student_ckpt, teacher, cfg, kd_teacher)
+    result = fit(stage, out, progress=progress, callbacks=callbacks)
     if evaluate:
-        first = [int(batches.first_prompt[k]) for k in range(len(names))]
-        metrics, grids = few_step_eval(ema, teacher, conditioning, first, cfg.eval_samples_per_class, resolution,
-                                       cfg.eval_steps, cfg.reference_steps, cfg.eval_cfg)
-        # The student before distillation, from the same noise against the same reference: the claim to test is that
-        # 4/8 steps after distillation approach the undistilled model at 28.
-        before_metrics, before_grids = few_step_eval(load_student(student_ckpt)[0].to(device).eval(), teacher,
-                                                     conditioning, first, cfg.eval_samples_per_class, resolution,
-                                                     cfg.before_steps, cfg.reference_steps, cfg.eval_cfg)
-        (out / "samples").mkdir(exist_ok=True)
-        for prefix, grid_set in (("fewstep", grids), ("before", before_grids)):
-            for n, grid in grid_set.items():
-                path = out / "samples" / f"{prefix}_{n}.png"
-                Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
-                result[f"{prefix}_grid_{n}"] = str(path)
-        metrics |= {k.replace("fewstep_", "before_"): v for k, v in before_metrics.items()}
+        from .runs import open_run
+
+        ema = open_run(out).net(ema=True, device=stage.device)
+        metrics = stage.evaluate_fewstep(ema, out)
         result.update(metrics)
         with open(out / "eval.json", "w") as f:
             json.dump({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, f, indent=1)
-        print(f"step distillation {out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
+        print(f"step distillation {out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                      if isinstance(v, float)), file=sys.stderr)
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """`python -m snapgen.step_distill STUDENT_RUN --out DIR [--teacher small|sd35-large-turbo] [--steps N]`."""
     import argparse
-    import json
 
+    from .runs import open_run
     from .teachers import load_teacher
-    from .train import parse_value
 
-    p = argparse.ArgumentParser(description="Adversarial step distillation (Sec. 3.4, Eq. 9) of a trained student")
-    p.add_argument("student", help="a snapgen.train run directory")
+    p = argparse.ArgumentParser(prog="python -m snapgen.step_distill",
+                                description="Adversarial step distillation (Sec. 3.4, Eq. 9) of a trained student")
+    p.add_argument("student", help="a snapgen.train run directory (pixel or latent space)")
     p.add_argument("--out", required=True, help="run directory (rerun to resume)")
-    p.add_argument("--teacher", default="small", help="'small' (a DiT trained here on the student's data, sized by "
-                                                       "--teacher-set) or 'sd35-large-turbo' (weights via snapgen.weights)")
+    p.add_argument("--teacher", default="small", help="'small' (a DiT trained here on the student's data and space, "
+                                                       "sized by --teacher-set) or 'sd35-large-turbo' (weights via "
+                                                       "snapgen.weights)")
     p.add_argument("--teacher-set", nargs="*", default=[], metavar="KEY=VALUE", help="SmallTeacherConfig fields")
     p.add_argument("--steps", type=int, default=200, help="D+G iterations")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="StepDistillConfig fields")
     p.add_argument("--no-eval", action="store_true", help="skip the 4/8-step evaluation grids")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = p.parse_args(argv)
-    _, student_train = load_student(args.student)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    options = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.teacher_set)}
+    if args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: must be >= 1")
+    cfg = preset_config(StepDistillConfig, {"default": {}}, "default", {**parse_overrides(args.set),
+                                                                       "steps": args.steps}, "step distillation options")
+    student = open_run(args.student)
+    options = parse_overrides(args.teacher_set, "--teacher-set")
     if args.teacher == "small":
-        options = {"resolution": student_train["resolution"], "text_encoder": student_train["text_encoder"], **options}
+        options = {"resolution": student.resolution, "text_encoder": student.text_encoder,
+                   "autoencoder": student.autoencoder, **options}
+    if args.dry_run:
+        print_options(cfg, student=str(args.student), teacher=args.teacher, teacher_options=options)
+        return 0
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = load_teacher(args.teacher, device, **options)
-    overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    for key in ("betas", "eval_steps", "before_steps"):
-        if key in overrides:
-            overrides[key] = tuple(overrides[key])
-    result = step_distill(args.student, teacher, args.out, steps=args.steps, evaluate=not args.no_eval, **overrides)
+    result = step_distill(args.student, teacher, args.out, cfg=cfg, evaluate=not args.no_eval,
+                          progress=not args.no_progress)
     print(json.dumps({k: v for k, v in result.items() if isinstance(v, (int, float, str))}, indent=1, default=str))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -194,7 +194,7 @@ class SmallTeacherConfig:
     data: str = "cifar10"           # as TrainConfig.data
     resolution: int = 16            # pixels; must match the student's
     text_encoder: str = "minilm"    # must match the student's (the teacher reads the same condition tokens)
-    in_channels: int = 3            # pixel space (RGB)
+    autoencoder: str = "none"       # the student's space: pixels, or this autoencoder's latents (TrainConfig's)
     patch_size: int = 2
     num_layers: int = 8
     num_attention_heads: int = 6
@@ -208,21 +208,26 @@ class SmallTeacherConfig:
 
     def transformer_config(self, text_dim: int) -> dict[str, Any]:
         """diffusers `SD3Transformer2DModel` kwargs; joint_attention_dim = pooled_projection_dim = the text width."""
-        if self.resolution % self.patch_size:
-            raise ValueError(f"resolution={self.resolution} is not a multiple of patch_size={self.patch_size}")
+        from .models.autoencoders import AUTOENCODERS
+
+        channels, factor = AUTOENCODERS[self.autoencoder]
+        size = self.resolution // factor  # what the teacher sees: pixels, or latents of side R / f
+        if size % self.patch_size:
+            raise ValueError(f"input side {size} (resolution {self.resolution} / f {factor}) is not a multiple of "
+                             f"patch_size={self.patch_size}")
         inner = self.num_attention_heads * self.attention_head_dim
-        return dict(sample_size=self.resolution, patch_size=self.patch_size, in_channels=self.in_channels,
-                    out_channels=self.in_channels, num_layers=self.num_layers,
-                    attention_head_dim=self.attention_head_dim, num_attention_heads=self.num_attention_heads,
-                    joint_attention_dim=text_dim, caption_projection_dim=inner, pooled_projection_dim=text_dim,
-                    pos_embed_max_size=self.resolution // self.patch_size)
+        return dict(sample_size=size, patch_size=self.patch_size, in_channels=channels, out_channels=channels,
+                    num_layers=self.num_layers, attention_head_dim=self.attention_head_dim,
+                    num_attention_heads=self.num_attention_heads, joint_attention_dim=text_dim,
+                    caption_projection_dim=inner, pooled_projection_dim=text_dim,
+                    pos_embed_max_size=size // self.patch_size)
 
     def train_config(self):
         """The `snapgen.train.TrainConfig` of the teacher's run (objective 'flow', Eq. 2)."""
         from .train import make_config
 
         overrides = dict(data=self.data, resolution=self.resolution, text_encoder=self.text_encoder,
-                         objective="flow", batch_size=self.batch_size, steps=self.steps, lr=self.lr,
+                         autoencoder=self.autoencoder, objective="flow", batch_size=self.batch_size, steps=self.steps, lr=self.lr,
                          warmup=self.warmup, seed=self.seed, val_every=max(self.steps // 4, 1),
                          ckpt_every=max(self.steps // 4, 1), log_every=max(min(self.steps // 20, 100), 1))
         return make_config("smoke", **{**overrides, **dict(self.train_overrides)})
@@ -247,12 +252,10 @@ def teacher_cache_dir(cfg: SmallTeacherConfig, cache_dir: str | Path | None = No
 
 
 def _finished_step(out: Path) -> int:
-    from .train import find_checkpoint
+    from .runs import find_checkpoint, read_state
 
     ckpt = find_checkpoint(out)
-    if ckpt is None:
-        return 0
-    return int(torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=False)["step"])
+    return int(read_state(ckpt)["step"]) if ckpt is not None else 0
 
 
 def train_small_teacher(cfg: SmallTeacherConfig, out: str | Path | None = None, progress: bool = True) -> Path:

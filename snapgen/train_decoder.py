@@ -40,15 +40,15 @@ from tqdm import tqdm
 from .config import load_yaml, preset_config, save_yaml, stable_hash
 from .models.autoencoders import ENCODERS, load_frozen_encoder
 from .models.decoder import TinyDecoder, decoder_config
-from .train import (find_checkpoint, hashed_options, load_checkpoint, log_record, parse_value, save_checkpoint,
-                    truncate_log)
+from .training import EngineOptions, Phase, Stage, fit
+from .training.cli import add_run_arguments, parse_overrides, print_options, run_cli
 
 LPIPS_NETS = {"alex": "lpips_alexnet_backbone", "squeeze": "lpips_squeezenet_backbone", "vgg": "lpips_vgg_backbone"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
-class DecoderTrainConfig:
+class DecoderTrainConfig(EngineOptions):
     arch: str = "tiny"               # snapgen.models.decoder registry: name[+delta...]
     encoder: str = "taesd3"          # frozen encoder: "sd3" (SD3 VAE, real use) or "taesd3" (offline default)
     data: str = "cifar10"            # "cifar10" (upsampled to `resolution`) or a folder of images (random patches)
@@ -59,7 +59,6 @@ class DecoderTrainConfig:
     disc_lr: float = 1e-4            # discriminator AdamW
     betas: tuple[float, float] = (0.5, 0.9)  # GAN-style Adam betas (taming-transformers); not stated in the paper
     weight_decay: float = 0.0
-    warmup: int = 0                  # steps of linear lr ramp (decoder and discriminator)
     mse_weight: float = 1.0          # loss weights: not stated in the paper (ours)
     lpips_weight: float = 1.0
     lpips_net: str = "alex"          # LPIPS backbone: alex (lpips default) | squeeze | vgg
@@ -67,16 +66,29 @@ class DecoderTrainConfig:
     gan_start: int = 0               # step from which the adversarial terms are on (discriminator warm start)
     disc_channels: int = 64          # PatchGAN width (pix2pix: 64)
     disc_layers: int = 3             # PatchGAN strided layers (pix2pix: 3, 70x70 receptive field)
-    grad_clip: float = 1.0           # max grad norm of the decoder; 0 = off
-    precision: str = "auto"          # "bf16" (autocast, CUDA), "fp32", "auto" = bf16 on CUDA else fp32
     grad_checkpointing: bool = False
-    num_workers: int = 0             # unused for cifar10 (in memory); folder patches load in the main process
-    seed: int = 0
-    log_every: int = 10
     val_every: int = 1000
     val_size: int = 64               # held-out images (CIFAR-10 test, or the first images of the folder, held out)
     ckpt_every: int = 5000
-    time_budget_min: float = 0.0     # stop (checkpoint, validate) after this many minutes; 0 = no limit
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder={self.encoder!r}; valid choices: {ENCODERS}")
+        if self.lpips_net not in LPIPS_NETS:
+            raise ValueError(f"lpips_net={self.lpips_net!r}; valid choices: {sorted(LPIPS_NETS)}")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ValueError(f"resolution={self.resolution} must be a positive multiple of 8 (the autoencoder's f)")
+        for name in ("lr", "disc_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+        for name in ("gan_start", "mse_weight", "lpips_weight", "gan_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.val_size < 1 or self.disc_channels < 1 or self.disc_layers < 1:
+            raise ValueError(f"val_size, disc_channels and disc_layers must be >= 1 (got {self.val_size}, "
+                             f"{self.disc_channels}, {self.disc_layers})")
+        decoder_config(self.arch)  # unknown arch names fail here, before any work
 
 
 SCALES: dict[str, dict[str, Any]] = {
@@ -93,15 +105,7 @@ SCALES: dict[str, dict[str, Any]] = {
 
 
 def make_config(scale: str = "smoke", **overrides: Any) -> DecoderTrainConfig:
-    cfg = preset_config(DecoderTrainConfig, SCALES, scale, overrides, "decoder training options")
-    if cfg.encoder not in ENCODERS:
-        raise ValueError(f"encoder={cfg.encoder!r}; valid choices: {ENCODERS}")
-    if cfg.lpips_net not in LPIPS_NETS:
-        raise ValueError(f"lpips_net={cfg.lpips_net!r}; valid choices: {sorted(LPIPS_NETS)}")
-    if cfg.resolution % 8:
-        raise ValueError(f"resolution={cfg.resolution} must be a multiple of 8 (the autoencoder's f)")
-    decoder_config(cfg.arch)  # unknown arch names fail here, before any work
-    return cfg
+    return preset_config(DecoderTrainConfig, SCALES, scale, overrides, "decoder training options")
 
 
 # ---- frozen encoders -------------------------------------------------------------------------------------------------
@@ -280,137 +284,107 @@ def eval_images(images: str | None, resolution: int, limit: int | None) -> tuple
     return x, f"{images} ({len(files)} images, shorter side -> {resolution}, center crop)"
 
 
-# ---- checkpoints -----------------------------------------------------------------------------------------------------
+# ---- the stage -------------------------------------------------------------------------------------------------------
 
 
-def resolve_decoder_dir(path: str | Path) -> Path:
-    """A run dir, a checkpoint dir or a decoder dir -> the decoder's `save_pretrained` dir."""
+def decoder_dir(path: str | Path) -> Path:
+    """A decoder run (or its checkpoint dir) or a bare decoder dir (diffusers config.json) -> the decoder's
+    `save_pretrained` dir."""
+    from .runs import open_run
+
     path = Path(path)
     if (path / "config.json").is_file():
         return path
-    if (path / "decoder" / "config.json").is_file():
-        return path / "decoder"
-    ckpt = find_checkpoint(path) or path / "checkpoint"  # a copied run may carry the weights without the state
-    if (ckpt / "decoder" / "config.json").is_file():
-        return ckpt / "decoder"
-    raise FileNotFoundError(f"no decoder under {path}: expected a run dir (checkpoint/decoder/config.json), a "
-                            f"checkpoint dir (decoder/config.json) or a decoder dir (config.json)")
+    return open_run(path).module_dir("decoder")
 
 
-# ---- training --------------------------------------------------------------------------------------------------------
+class DecoderStage(Stage):
+    """Two phases on one batch of patches: G (the decoder: MSE + LPIPS + hinge-G, Sec. 3.2) from step 0, then D (the
+    PatchGAN, hinge) from `gan_start`, on the reconstruction G left in the batch."""
+
+    kind = "decoder"
+
+    def __init__(self, cfg: DecoderTrainConfig):
+        self.options = self.cfg = cfg
+
+    def setup(self, device, rank, world):
+        cfg = self.cfg
+        holdout = cfg.val_size if cfg.data != "cifar10" else 0
+        self.data = PatchData(cfg.data, cfg.resolution, cfg.batch_size, cfg.seed, holdout)
+        if cfg.data == "cifar10":
+            val_x, _ = eval_images(None, cfg.resolution, cfg.val_size)
+        else:
+            val_x = torch.stack([torch.as_tensor(load_image(f, cfg.resolution, "center")) for f in
+                                 list_images(cfg.data)[:holdout]]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        self.val_x = val_x
+        self.encoder = load_frozen_encoder(cfg.encoder).to(device)
+        lpips_model, lpips_note = load_lpips(cfg.lpips_net) if cfg.lpips_weight else (None, "LPIPS off: lpips_weight=0")
+        if lpips_model is None and rank == 0:
+            print(f"[train_decoder] {lpips_note}; training with MSE + GAN only (recorded in config.yaml)",
+                  file=sys.stderr)
+        self.lpips = lpips_model.to(device) if lpips_model is not None else None
+        self.losses = {"mse": True, "lpips_active": self.lpips is not None, "lpips_note": lpips_note,
+                       "gan": bool(cfg.gan_weight), "kl": False}
+        self.dec_cfg = decoder_config(cfg.arch)
+        torch.manual_seed(cfg.seed)
+        self.decoder = TinyDecoder(**self.dec_cfg)
+        self.decoder.gradient_checkpointing = cfg.grad_checkpointing
+        self.discriminator = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers)
+        with torch.no_grad():  # the validation latents, once (the encoder is frozen)
+            self.val_latent = torch.cat([self.encoder(val_x[i:i + 16].to(device))
+                                         for i in range(0, len(val_x), 16)]).float()
+
+    def modules(self):
+        return {"decoder": self.decoder, "discriminator": self.discriminator}
+
+    def phases(self):
+        cfg = self.cfg
+
+        def g_loss(models, batch, generator):
+            target = batch["image"]
+            with torch.no_grad():
+                latent = self.encoder(target)  # frozen: no graph, no gradient
+            reconstruction = models.decoder(latent)
+            adversarial = bool(cfg.gan_weight) and batch["step"] >= cfg.gan_start
+            batch["reconstruction"] = reconstruction.detach()  # for the D phase of this step
+            return decoder_losses(reconstruction, target, cfg, self.lpips,
+                                  models.discriminator if adversarial else None)
+
+        def d_loss(models, batch, generator):
+            return {"loss": hinge_d_loss(models.discriminator(batch["image"]).float(),
+                                         models.discriminator(batch["reconstruction"]).float())}
+
+        phases = [Phase("g", ["decoder"], g_loss, cfg.lr, cfg.betas, cfg.weight_decay)]
+        if cfg.gan_weight:
+            phases.append(Phase("d", ["discriminator"], d_loss, cfg.disc_lr, cfg.betas, cfg.weight_decay,
+                                grad_clip=0.0, start=cfg.gan_start, prefix="d_"))
+        return phases
+
+    def batch(self, step, generator):
+        return {"image": self.data.batch(step), "step": step}
+
+    def identity(self):
+        return {"decoder": self.dec_cfg, "lpips": self.losses["lpips_active"]}
+
+    def run_config(self):
+        return {"train": dataclasses.asdict(self.cfg), "decoder": self.dec_cfg, "losses": self.losses}
+
+    def evaluate(self, models, step):
+        decoder = models.raw["decoder"]
+        rec = torch.cat([decoder(self.val_latent[i:i + 16]) for i in range(0, len(self.val_latent), 16)]).float()
+        return {"val_psnr": float(psnr(rec.cpu(), self.val_x).mean()), "val_mse": float(F.mse_loss(rec.cpu(), self.val_x))}
+
+    def describe_progress(self, record):
+        return f"val_psnr {record['val_psnr']:.2f} dB" if "val_psnr" in record else ""
 
 
 def train(cfg: DecoderTrainConfig, out: str | Path, hooks: Sequence[Callable[[int, dict], None]] = (),
-          progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) the decoder in `out`. Returns the last logged metrics, `step`, `out`, `losses` (which
-    loss terms were active and why)."""
-    out = Path(out)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    holdout = cfg.val_size if cfg.data != "cifar10" else 0
-    data = PatchData(cfg.data, cfg.resolution, cfg.batch_size, cfg.seed, holdout)
-    if cfg.data == "cifar10":
-        val_x, _ = eval_images(None, cfg.resolution, cfg.val_size)
-    else:
-        val_x = torch.stack([torch.as_tensor(load_image(f, cfg.resolution, "center")) for f in
-                             list_images(cfg.data)[:holdout]]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    encoder = load_frozen_encoder(cfg.encoder).to(device)
-    lpips_model, lpips_note = load_lpips(cfg.lpips_net) if cfg.lpips_weight else (None, "LPIPS off: lpips_weight=0")
-    if lpips_model is None:
-        print(f"[train_decoder] {lpips_note}; training with MSE + GAN only (recorded in config.yaml)", file=sys.stderr)
-    else:
-        lpips_model = lpips_model.to(device)
-    losses = {"mse": True, "lpips_active": lpips_model is not None, "lpips_note": lpips_note,
-              "gan": bool(cfg.gan_weight), "kl": False}
-
-    dec_cfg = decoder_config(cfg.arch)
-    run_hash = stable_hash({"train": hashed_options(cfg), "decoder": dec_cfg, "lpips": losses["lpips_active"]})
-    torch.manual_seed(cfg.seed)
-    decoder = TinyDecoder(**dec_cfg).to(device)
-    decoder.gradient_checkpointing = cfg.grad_checkpointing
-    discriminator = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers).to(device)
-    opt_g = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.AdamW(discriminator.parameters(), lr=cfg.disc_lr, betas=cfg.betas,
-                              weight_decay=cfg.weight_decay)
-
-    step = 0
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = find_checkpoint(out)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, {"decoder": decoder}, run_hash)
-        discriminator.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        step = state["step"]
-        print(f"resuming {out} at step {step}", file=sys.stderr)
-    save_yaml({"train": dataclasses.asdict(cfg), "decoder": dec_cfg, "losses": losses, "run_hash": run_hash},
-              out / "config.yaml")
-    truncate_log(out / "metrics.jsonl", step)
-
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    with torch.no_grad(), autocast:
-        val_latent = torch.cat([encoder(val_x[i:i + 16].to(device)) for i in range(0, len(val_x), 16)]).float()
-
-    def validate() -> dict[str, float]:
-        decoder.eval()
-        with torch.no_grad(), autocast:
-            rec = torch.cat([decoder(val_latent[i:i + 16]) for i in range(0, len(val_latent), 16)]).float()
-        decoder.train()
-        return {"val_psnr": float(psnr(rec.cpu(), val_x).mean()), "val_mse": float(F.mse_loss(rec.cpu(), val_x))}
-
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True)
-    last: dict[str, Any] = {}
-    decoder.train()
-    started, end = time.time(), cfg.steps
-    while step < end:
-        target = data.batch(step).to(device)
-        with torch.no_grad(), autocast:
-            latent = encoder(target)  # frozen: no graph, no gradient
-        lr_scale = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
-        for opt, lr in ((opt_g, cfg.lr), (opt_d, cfg.disc_lr)):
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_scale
-        adversarial = bool(cfg.gan_weight) and step >= cfg.gan_start
-        with autocast:
-            reconstruction = decoder(latent.detach())
-        discriminator.requires_grad_(False)
-        with autocast:
-            terms = decoder_losses(reconstruction, target, cfg, lpips_model, discriminator if adversarial else None)
-        opt_g.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip or float("inf"))
-        if not torch.isfinite(terms["loss"]) or not torch.isfinite(grad_norm):
-            values = {k: float(v) for k, v in terms.items()}
-            raise FloatingPointError(f"non-finite decoder loss or gradient at step {step} ({values}); lower lr "
-                                     f"(now {cfg.lr}); the last good checkpoint is in {out}")
-        opt_g.step()
-        if adversarial:
-            discriminator.requires_grad_(True)
-            with autocast:
-                d_loss = hinge_d_loss(discriminator(target).float(), discriminator(reconstruction.detach()).float())
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            terms["d_loss"] = d_loss.detach()
-        step += 1
-        bar.update(1)
-        if cfg.time_budget_min and (time.time() - started) / 60 > cfg.time_budget_min and end == cfg.steps:
-            end = step  # out of time: this step is the last (a rerun continues towards cfg.steps)
-        record: dict[str, Any] = {"step": step}
-        if step % cfg.log_every == 0 or step == end:
-            record.update({f"train_{k}": float(v.detach()) for k, v in terms.items()}, grad_norm=float(grad_norm))
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}")
-        if step % cfg.val_every == 0 or step == end:
-            record.update(validate())
-            bar.write(f"step {step}: val_psnr {record['val_psnr']:.2f} dB")
-        if len(record) > 1:
-            log_record(out, record, hooks)
-            last.update(record)
-        if step % cfg.ckpt_every == 0 or step == end:
-            save_checkpoint(out, {"decoder": decoder}, {"step": step, "run_hash": run_hash, "opt_g": opt_g.state_dict(),
-                                           "opt_d": opt_d.state_dict(), "discriminator": discriminator.state_dict()})
-    bar.close()
-    return {**last, "step": step, "out": str(out), "losses": losses}
+          progress: bool = True, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train (or resume) the decoder in `out` through the engine. Returns the last logged metrics, `step`, `out`,
+    `losses` (which loss terms were active and why)."""
+    stage = DecoderStage(cfg)
+    result = fit(stage, out, progress=progress, callbacks=[*hooks, *callbacks])
+    return {**result, "losses": stage.losses}
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------------
@@ -492,8 +466,8 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
     from .models.decoder import profile_decoder_arch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    decoder_dir = resolve_decoder_dir(ckpt)
-    ours = TinyDecoder.from_pretrained(decoder_dir).to(device).eval()
+    dec_dir = decoder_dir(ckpt)
+    ours = TinyDecoder.from_pretrained(dec_dir).to(device).eval()
     run_dir = Path(ckpt) if (Path(ckpt) / "config.yaml").is_file() else None
     arch = load_yaml(run_dir / "config.yaml")["train"]["arch"] if run_dir else "custom"
     x, eval_set = eval_images(images, resolution, limit)
@@ -520,9 +494,9 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
                          "params_m": profile.count_params(decoders[name]) / 1e6}
     if arch != "custom":
         results["ours"]["gflops"] = profile_decoder_arch(arch, 128)["gflops"]
-    report = {"arch": arch, "decoder_dir": str(decoder_dir), "eval_set": eval_set, "encoder": encoder,
+    report = {"arch": arch, "decoder_dir": str(dec_dir), "eval_set": eval_set, "encoder": encoder,
               "resolution": resolution, "decoders": results, "notes": notes}
-    target = Path(out) if out else (run_dir or decoder_dir)
+    target = Path(out) if out else (run_dir or dec_dir)
     target.mkdir(parents=True, exist_ok=True)
     (target / "eval.json").write_text(json.dumps(report, indent=2))
     if log_mlflow:
@@ -531,7 +505,7 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
         mlflow.set_experiment("decoder")
         for name, metrics in results.items():
             with mlflow.start_run(run_name=arch if name == "ours" else name):
-                mlflow.set_tags({"eval_set": eval_set, "encoder": encoder, "decoder_dir": str(decoder_dir)})
+                mlflow.set_tags({"eval_set": eval_set, "encoder": encoder, "decoder_dir": str(dec_dir)})
                 mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
     return report
 
@@ -563,29 +537,24 @@ def _main_eval(argv: list[str]) -> None:
         print(f"note ({key}): {note}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["eval"]:
         return _main_eval(argv[1:])
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0] + " (or: eval CKPT [--images DIR])")
-    p.add_argument("--scale", default="smoke", choices=sorted(SCALES))
-    p.add_argument("--out", default=None, help="run directory (default runs/decoder-<arch>-<scale>)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override any training option")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--no-progress", action="store_true")
+    p = argparse.ArgumentParser(prog="python -m snapgen.train_decoder",
+                                description=__doc__.split("\n")[0] + " (or: eval CKPT [--images DIR])")
+    add_run_arguments(p, SCALES)
     a = p.parse_args(argv)
-    overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in a.set)}
-    if "betas" in overrides:
-        overrides["betas"] = tuple(overrides["betas"])
-    cfg = make_config(a.scale, **overrides)
+    cfg = make_config(a.scale, **parse_overrides(a.set))
     out = Path(a.out or f"runs/decoder-{cfg.arch}-{a.scale}")
     if a.dry_run:
-        print(json.dumps({"train": dataclasses.asdict(cfg), "decoder": decoder_config(cfg.arch)}, indent=2))
-        return
+        print_options(cfg, decoder=decoder_config(cfg.arch))
+        return 0
     t0 = time.time()
     result = train(cfg, out, progress=not a.no_progress)
     print(json.dumps(result | {"minutes": (time.time() - t0) / 60}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

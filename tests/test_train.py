@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from snapgen.train import (TrainConfig, ema_update, make_config, read_metrics, save_checkpoint,
-                           train)
+from snapgen.runs import read_metrics, save_checkpoint
+from snapgen.train import TrainConfig, make_config, train
+from snapgen.training import ema_update
 
 # The smoke preset shrunk further: 8x8 pixels, a few images, every step logged.
 TINY = dict(resolution=8, batch_size=4, train_limit=40, val_size=4, val_timesteps=2, log_every=1, val_every=3,
@@ -37,8 +38,8 @@ def test_interrupted_run_resumes_bitwise(tmp_path, interrupt_at):
     assert result["step"] == 7
     assert train_losses(tmp_path / "resumed") == train_losses(tmp_path / "straight")
     assert len(train_losses(tmp_path / "straight")) == 7
-    a = torch.load(tmp_path / "straight/checkpoint/training_state.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed/checkpoint/training_state.pt", weights_only=False)
+    a = torch.load(tmp_path / "straight/checkpoint/training_state.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed/checkpoint/training_state.pt", weights_only=True)
     assert a["step"] == b["step"] == 7
 
 
@@ -130,7 +131,7 @@ def test_other_config_in_same_out_is_refused(tmp_path):
 def test_corrupt_checkpoint_names_the_file(tmp_path):
     train(tiny_config(steps=3), tmp_path, progress=False)
     (tmp_path / "checkpoint/training_state.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="cannot read checkpoint .*checkpoint.*Delete"):
+    with pytest.raises(RuntimeError, match="refusing .*training_state.pt.*Delete"):
         train(tiny_config(steps=6), tmp_path, progress=False)
 
 
@@ -178,9 +179,10 @@ def test_sample_cli_writes_a_grid_per_class_and_is_deterministic(tmp_path):
         sample_main([str(tmp_path / "run"), "--class", "cat", "--steps", "2", "--n", "3", "--out",
                      str(tmp_path / name)])
     a, b = (Image.open(tmp_path / n) for n in ("a.png", "b.png"))
-    assert a.size == (3 * 8, 8) and a.tobytes() == b.tobytes()
+    margin = 6 * len("cat") + 10  # the row label; 8 px tiles are upscaled 8x to 64 px
+    assert a.size == (margin + 3 * 64, 64) and a.tobytes() == b.tobytes()
     sample_main([str(tmp_path / "run"), "--steps", "2", "--n", "2", "--out", str(tmp_path / "all.png")])
-    assert Image.open(tmp_path / "all.png").size == (2 * 8, 10 * 8)
+    assert Image.open(tmp_path / "all.png").size == (6 * len("automobile") + 10 + 2 * 64, 10 * 64)
     with pytest.raises(SystemExit):
         sample_main([str(tmp_path / "run"), "--class", "unicorn"])
 
@@ -201,8 +203,8 @@ def test_latent_space_run_caches_latents_and_decodes_grids(tmp_path, monkeypatch
     assert loads == ["taesd3"]  # train and val latents from one frozen encoder
     from PIL import Image
 
-    grid = Image.open(result["sample_grid"])  # 10 classes x 1 sample of 32 px, saved at 2x
-    assert grid.size == (2 * 32, 2 * 32 * 10)
+    grid = Image.open(result["sample_grid"])  # 10 labelled rows x 1 sample of 32 px, upscaled 2x
+    assert grid.size == (6 * len("automobile") + 10 + 2 * 32, 2 * 32 * 10)
     train(tiny_config(steps=2, autoencoder="taesd3", resolution=32), tmp_path / "again", progress=False)
     assert loads == ["taesd3"]  # the second run read the cached latents
     pipe = SnapGenPipeline.from_run(tmp_path / "run")

@@ -23,6 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+# The SD3 latent space (stabilityai/stable-diffusion-3-medium-diffusers vae/config.json): what the T2I UNet generates
+# is the normalised latent (z - shift) * scale. The one place these numbers live.
+SD3_SCALING_FACTOR = 1.5305
+SD3_SHIFT_FACTOR = 0.0609
+
+# The spaces a UNet can be trained in: autoencoder -> (latent channels, downsampling factor f); "none" = pixels.
+AUTOENCODERS: dict[str, tuple[int, int]] = {"none": (3, 1), "taesd3": (16, 8)}
+
 # Official `AutoencoderKL` configs, every key written out (diffusers argument names).
 SDXL_VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3,
@@ -46,8 +54,8 @@ SDXL_VAE_CONFIG: dict[str, Any] = {
 SD3_VAE_CONFIG: dict[str, Any] = {
     **SDXL_VAE_CONFIG,
     "latent_channels": 16,  # Sec. 3.2: "f, c as 8, 16 in SD3"
-    "scaling_factor": 1.5305,  # SD3 VAE config.json
-    "shift_factor": 0.0609,
+    "scaling_factor": SD3_SCALING_FACTOR,
+    "shift_factor": SD3_SHIFT_FACTOR,
     "use_quant_conv": False,
     "use_post_quant_conv": False,
 }

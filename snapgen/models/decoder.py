@@ -59,11 +59,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .autoencoders import SD3_SCALING_FACTOR, SD3_SHIFT_FACTOR
 from .blocks import SepConv
 
-# SD3 VAE latent normalisation (stabilityai/stable-diffusion-3-medium-diffusers vae/config.json).
-SD3_SCALING_FACTOR = 1.5305
-SD3_SHIFT_FACTOR = 0.0609
 LATENT_CHANNELS = 16  # Sec. 3.2: "f, c as 8, 16 in SD3"
 UPSAMPLE_CONVS = ("conv", "sepconv")
 CHANNEL_TRANSITIONS = ("upsample", "shortcut")
