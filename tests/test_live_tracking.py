@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ablations import tracking
+try:  # the adapter moves to snapgen/tracking.py (branch layering); this file runs on either side of that merge
+    from snapgen import tracking
+except ImportError:
+    from ablations import tracking
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TAGS = {"step": "a_baseline", "scale": "smoke", "git_sha": "abc", "config_hash": "live1", "device": "cpu",
@@ -226,7 +229,10 @@ FIRST_USE = textwrap.dedent("""
     from pathlib import Path
     uri, me, other = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     import mlflow.store.tracking.sqlalchemy_store  # the slow imports first, so both processes reach the store at once
-    from ablations import tracking
+    try:
+        from snapgen import tracking
+    except ImportError:
+        from ablations import tracking
     me.touch()
     deadline = time.time() + 120
     while not other.exists() and time.time() < deadline:
