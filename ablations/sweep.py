@@ -7,6 +7,10 @@ call (`ablations.trial.run_trial`) wrapped by `run_and_log`, which skips configs
 retries a failed trial once, then logs it FAILED with its error and goes on. The executors only differ in where
 `run_and_log` runs: in this process (`local`), or as Ray Tune trials with one GPU each when GPUs exist (`ray`).
 
+In MLflow each invocation is one parent run (`tracking.start_parent`, tag `sweep_hash` = `plan_hash(trials)`, run
+name `sweep-<sweep>-<scale>`): RUNNING while the sweep runs, then FINISHED, or FAILED when a trial failed; every trial
+run is nested under it (its id travels in the trial dict as `_parent_run_id`, not part of the trial's identity).
+
 Resume: run the same command again. Finished trials are skipped (their config hash is in MLflow), an interrupted
 trial resumes training from its checkpoint in `runs/sweeps/<sweep>/<config_hash>/`, profiles come from
 `runs/profile_cache/`.
@@ -131,6 +135,14 @@ def plan(spec: dict[str, Any], scale: str, seeds: int | None = None, out_root: s
     return [{**common, **entry, "seed": seed} for entry in entries for seed in range(n_seeds)]
 
 
+def plan_hash(trials: list[dict[str, Any]]) -> str:
+    """The identity of a sweep invocation: the hashes of its trials (order aside). A rerun of the same command reopens
+    the same parent run."""
+    from snapgen.config import stable_hash
+
+    return stable_hash(sorted(trial_hash(t) for t in trials))
+
+
 # ---- one trial, logged -------------------------------------------------------------------------------------------------
 
 
@@ -159,13 +171,14 @@ def run_and_log(trial: dict[str, Any], uri: str | None = None, trial_fn: Callabl
 
         params = flatten({k: v for k, v in trial.items() if not k.startswith("_")})
         run_id, _ = tracking.log_trial(trial["experiment"], trial["step"], tags=tags, params=params, metrics={},
-                                       error=error, uri=uri)
+                                       error=error, uri=uri, parent_run_id=trial.get("_parent_run_id"))
         return {**summary, "status": "failed", "run_id": run_id, "error": error.splitlines()[0],
                 "seconds": time.time() - start}
     tags = {**result["tags"], "git_sha": tracking.git_sha()}
     run_id, logged = tracking.log_trial(trial["experiment"], trial["step"], tags=tags, params=result["params"],
                                         metrics=result["metrics"], history=result["history"],
-                                        artifacts=result["artifacts"], uri=uri)
+                                        artifacts=result["artifacts"], uri=uri,
+                                        parent_run_id=trial.get("_parent_run_id"))
     return {**summary, "status": "finished" if logged else "skipped", "run_id": run_id,
             "seconds": time.time() - start}
 
@@ -242,7 +255,8 @@ def run_ray(trials: list[dict[str, Any]], uri: str | None = None, storage: str |
             tags = {"step": trial["step"], "scale": trial["scale"], "git_sha": tracking.git_sha(),
                     "config_hash": trial_hash(trial), "device": "unknown", "latency_backend": "none"}
             run_id, _ = tracking.log_trial(trial["experiment"], trial["step"], tags=tags, params={}, metrics={},
-                                           error=f"ray trial error: {result.error}", uri=uri)
+                                           error=f"ray trial error: {result.error}", uri=uri,
+                                           parent_run_id=trial.get("_parent_run_id"))
             summaries.append({"step": trial["step"], "seed": trial["seed"], "config_hash": trial_hash(trial),
                               "status": "failed", "run_id": run_id, "error": str(result.error).splitlines()[0]})
         else:
@@ -415,13 +429,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[sweep] {spec['sweep']} at {args.scale}: {len(trials)} trials, executor {args.executor}, MLflow {uri}",
           file=sys.stderr)
     start = time.time()
-    summaries = run_sweep(trials, args.executor, uri)
-    if args.prune_checkpoints:
-        status = {s["config_hash"]: s["status"] for s in summaries}
-        for trial in trials:
-            if status.get(trial_hash(trial)) in ("finished", "skipped"):
-                prune_checkpoint(trial_dir(trial))
+    parent_id = tracking.start_parent(
+        spec["experiment"], f"sweep-{spec['sweep']}-{args.scale}", plan_hash(trials),
+        tags={"sweep": spec["sweep"], "scale": args.scale, "git_sha": tracking.git_sha(), "executor": args.executor,
+              "trials": len(trials)},
+        params={"spec": spec["_path"], "seeds": args.seeds if args.seeds is not None else spec.get("seeds", 1),
+                "only": ",".join(args.only) if args.only is not None else "", "set": " ".join(args.set)},
+        uri=uri)
+    trials = [{**t, "_parent_run_id": parent_id} for t in trials]
+    try:
+        summaries = run_sweep(trials, args.executor, uri)
+        if args.prune_checkpoints:
+            status = {s["config_hash"]: s["status"] for s in summaries}
+            for trial in trials:
+                if status.get(trial_hash(trial)) in ("finished", "skipped"):
+                    prune_checkpoint(trial_dir(trial))
+    except BaseException as error:  # interrupted (Ctrl-C) or broken: the parent run says so
+        tracking.end_parent(parent_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", uri=uri)
+        raise
     counts = {s: sum(x["status"] == s for x in summaries) for s in ("finished", "skipped", "failed")}
+    tracking.end_parent(parent_id, "FAILED" if counts["failed"] else "FINISHED",
+                        metrics={**{f"trials_{k}": v for k, v in counts.items()},
+                                 "minutes": (time.time() - start) / 60}, uri=uri)
     print(f"[sweep] done in {(time.time() - start) / 60:.1f} min: {counts}", file=sys.stderr)
     for s in summaries:
         if s["status"] == "failed":
