@@ -227,8 +227,10 @@ class Run:
     @property
     def checkpoint(self) -> Path:
         ckpt = find_checkpoint(self.path)
+        if ckpt is None and (self.path / CHECKPOINT_DIR).is_dir():
+            return self.path / CHECKPOINT_DIR  # a copied run may carry the weights without the training state
         if ckpt is None:
-            raise RunError(f"{self.path} has no checkpoint yet (no {CHECKPOINT_DIR}/{STATE_FILE}); train it first")
+            raise RunError(f"{self.path} has no checkpoint yet (no {CHECKPOINT_DIR}/); train it first")
         return ckpt
 
     @property

@@ -16,13 +16,15 @@ import torch
 from . import flow
 from .conditioning import PromptConditioning, unet_fn
 
-NOISE_SEED_STRIDE = 2**32  # seeds of (seed, index) never collide for fewer than 2^32 samples per seed
+# torch's CPU generator keeps only the low 32 bits of a seed, so (seed, index) -> seed * stride + index (mod 2^32):
+# distinct for every index below the stride within a seed.
+NOISE_SEED_STRIDE = 1_000_003
 MIN_TILE = 64  # grid tiles are upscaled (nearest) to at least this many pixels, so a 16 px sample is viewable
 
 
 def initial_noise(indices: Sequence[int], shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     """(N, *shape) float32 unit Gaussian noise on the CPU, sample k from the generator of (seed, indices[k])."""
-    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed * NOISE_SEED_STRIDE + i))
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed((seed * NOISE_SEED_STRIDE + i) % 2**32))
                         for i in indices])
 
 

@@ -357,7 +357,7 @@ class DecoderStage(Stage):
         phases = [Phase("g", ["decoder"], g_loss, cfg.lr, cfg.betas, cfg.weight_decay)]
         if cfg.gan_weight:
             phases.append(Phase("d", ["discriminator"], d_loss, cfg.disc_lr, cfg.betas, cfg.weight_decay,
-                                grad_clip=0.0, start=cfg.gan_start, prefix="d_"))
+                                grad_clip=0.0, start=cfg.gan_start, prefix="train_d_"))
         return phases
 
     def batch(self, step, generator):

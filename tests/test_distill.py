@@ -144,7 +144,8 @@ def test_fig6_bins_and_plot(tmp_path):
 
 
 def test_kd_run_trains_projector_and_resumes_exactly(tmp_path, interrupt_at):
-    from snapgen.train import make_config, read_metrics, train
+    from snapgen.runs import read_metrics
+    from snapgen.train import make_config, train
 
     cfg = make_config("smoke", width=16, resolution=RES, batch_size=4, steps=4, warmup=0, log_every=1, val_every=100,
                       ckpt_every=2, val_size=8, val_timesteps=2, sample_steps=2, samples_per_class=1, train_limit=64)

@@ -8,7 +8,7 @@ import torch
 
 import snapgen.train_decoder as td
 from snapgen.models.decoder import TinyDecoder, table2_rows
-from snapgen.train import read_metrics
+from snapgen.runs import read_metrics
 
 # The real `tiny` decoder on CIFAR-10 upsampled to 32x32 (4x4 latents): seconds on CPU.
 TINY_RUN = dict(resolution=32, batch_size=2, steps=2, gan_start=1, val_size=2, val_every=2, log_every=1,
@@ -43,7 +43,7 @@ def test_smoke_run_frozen_encoder_and_config(tmp_path, monkeypatch):
     assert all(p.grad is None and not p.requires_grad for p in encoder.parameters())
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
     # The checkpoint is a diffusers folder that reloads to the trained weights.
-    loaded = TinyDecoder.from_pretrained(td.resolve_decoder_dir(tmp_path / "run"))
+    loaded = TinyDecoder.from_pretrained(td.decoder_dir(tmp_path / "run"))
     assert loaded.config.layers_per_block in ((3, 2, 2, 1), [3, 2, 2, 1])
 
 
