@@ -7,6 +7,11 @@ call (`ablations.trial.run_trial`) wrapped by `run_and_log`, which skips configs
 retries a failed trial once, then logs it FAILED with its error and goes on. The executors only differ in where
 `run_and_log` runs: in this process (`local`), or as Ray Tune trials with one GPU each when GPUs exist (`ray`).
 
+Live tracking: each trial's MLflow run is RUNNING from its first training step, with train/val losses (real step and
+time) and sample grids logged as they are produced, so a running sweep can be watched in the MLflow UI; evaluation and
+profiling add the final metrics and end it FINISHED (`ablations.tracking.LiveRun`, created in the process that runs
+the trial: the Ray worker, not the driver). `--no-tracking` creates none: results go to disk for `ingest`.
+
 In MLflow each invocation is one parent run (`tracking.start_parent`, tag `sweep_hash` = `plan_hash(trials)`, run
 name `sweep-<sweep>-<scale>`): RUNNING while the sweep runs, then FINISHED, or FAILED when a trial failed; every trial
 run is nested under it (its id travels in the trial dict as `_parent_run_id`, not part of the trial's identity).
@@ -147,18 +152,28 @@ def plan_hash(trials: list[dict[str, Any]]) -> str:
 
 
 def run_and_log(trial: dict[str, Any], uri: str | None = None, trial_fn: Callable = run_trial) -> dict[str, Any]:
-    """Run `trial` unless MLflow holds it FINISHED; retry once on error; log FINISHED or FAILED. Returns a summary."""
+    """Run `trial` unless MLflow holds it FINISHED; retry once on error; log FINISHED or FAILED. Returns a summary.
+
+    The trial is tracked live, in the process that runs it (a Ray worker too): it gets `_tracking_uri`, and
+    `run_trial` logs its MLflow run while it trains and ends it (the result's `run_id`); nothing is logged again
+    here. A result without `run_id` (a `trial_fn` that does not track, or live tracking that could not reach MLflow at
+    the start) is logged after the fact with `tracking.log_trial`. A trial that failed every attempt is logged FAILED
+    with its error (into its live run when it has one, so one run per config hash).
+    """
     uri = tracking.absolute_uri(uri)
     config_hash = trial_hash(trial)
     summary = {"step": trial["step"], "seed": trial["seed"], "config_hash": config_hash, "run_id": None,
                "error": None}
     if config_hash in tracking.finished_hashes(trial["experiment"], uri):
         return {**summary, "status": "skipped"}
+    trial = {**trial, "_tracking_uri": uri}
     start, error = time.time(), None
     for attempt in range(1, ATTEMPTS + 1):
         try:
             result = trial_fn(trial)
             break
+        except tracking.AlreadyFinished as finished:  # another sweep finished it since the check above
+            return {**summary, "status": "skipped", "run_id": finished.run_id}
         except Exception as exc:  # noqa: BLE001 - any failure of one trial is reported, the sweep goes on
             error = f"attempt {attempt}/{ATTEMPTS}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
             print(f"[sweep] trial {trial['step']} (seed {trial['seed']}, {config_hash}) failed, {error.splitlines()[0]}",
@@ -174,6 +189,8 @@ def run_and_log(trial: dict[str, Any], uri: str | None = None, trial_fn: Callabl
                                        error=error, uri=uri, parent_run_id=trial.get("_parent_run_id"))
         return {**summary, "status": "failed", "run_id": run_id, "error": error.splitlines()[0],
                 "seconds": time.time() - start}
+    if result.get("run_id"):  # tracked live: the trial's run is logged and FINISHED
+        return {**summary, "status": "finished", "run_id": result["run_id"], "seconds": time.time() - start}
     tags = {**result["tags"], "git_sha": tracking.git_sha()}
     run_id, logged = tracking.log_trial(trial["experiment"], trial["step"], tags=tags, params=result["params"],
                                         metrics=result["metrics"], history=result["history"],
@@ -304,7 +321,7 @@ def run_untracked(trials: list[dict[str, Any]], trial_fn: Callable = run_trial) 
             summaries.append({"step": trial["step"], "seed": trial["seed"], "status": "skipped"})
             continue
         start = time.time()
-        result = trial_fn(trial)
+        result = trial_fn({k: v for k, v in trial.items() if k != "_tracking_uri"})  # no MLflow here
         result["artifacts"] = [str(Path(a).resolve().relative_to(out.resolve())) for a in result["artifacts"]]
         result["tags"]["git_sha"] = tracking.git_sha()  # the code that ran, recorded where it ran
         record = {"trial": {k: v for k, v in trial.items() if not k.startswith("_")}, "config_hash": trial_hash(trial),
@@ -401,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = load_spec(args.spec or args.sweep)
     if args.set:
-        from snapgen.train import parse_value
+        from snapgen.training.cli import parse_value  # moved there with the engine (was snapgen.train)
 
         for block in spec["scales"].values():
             if block is not None:

@@ -411,18 +411,32 @@ class LiveRun:
     # -- after training
 
     def finish(self, metrics: dict[str, float | None], artifacts: Iterable[str | Path] = (),
-               status: str = "FINISHED", error: str | None = None) -> None:
+               status: str = "FINISHED", error: str | None = None, tags: dict[str, Any] | None = None,
+               params: dict[str, Any] | None = None) -> None:
         """Log the final metrics (efficiency, FID; None = not measured) and artifacts, then end the run with `status`.
 
-        A metric MLflow already holds (one with a per-step history, like val_loss) keeps its logged values. Unlike the
-        callbacks this raises when MLflow keeps failing: a run left RUNNING is retrained (resumed) by the next sweep.
+        A metric MLflow already holds (one with a per-step history, like val_loss) keeps its logged values. `tags` set
+        or update tags (e.g. `device` and `latency_backend`, provisional while training); `params` adds the params the
+        run lacks (MLflow refuses to change one). Unlike the callbacks this raises when MLflow keeps failing: a run
+        left RUNNING is retrained (resumed) by the next sweep.
         """
+        from mlflow.entities import Param, RunTag
+
         if status not in END_STATUSES:
             raise ValueError(f"status={status!r}; valid: {', '.join(END_STATUSES)}")
         if self.run_id is None:
             raise RuntimeError("LiveRun.finish before a successful on_start: there is no MLflow run to finish")
         if not self.flush():
             raise RuntimeError(f"MLflow run {self.run_id}: buffered metrics could not be logged")
+        if tags:
+            self.tags.update(tags)
+            for chunk in _chunks([RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in tags.items()], _BATCH_TAGS):
+                _retrying(self._client.log_batch, self.run_id, tags=chunk)
+        if params:
+            known = set(_retrying(self._client.get_run, self.run_id).data.params)
+            new = [Param(k, _param_value(v)) for k, v in params.items() if k not in known]
+            for chunk in _chunks(new, _BATCH_PARAMS):
+                _retrying(self._client.log_batch, self.run_id, params=chunk)
         final = _final_metrics(metrics, skip=self._logged_step)
         for chunk in _chunks(final, _BATCH_METRICS):
             _retrying(self._client.log_batch, self.run_id, metrics=chunk)

@@ -1,7 +1,9 @@
 """One ablation trial as a plain function of a config dict: train -> evaluate -> profile (STYLE.md 11).
 
-`run_trial(trial)` knows nothing of Ray or MLflow: it returns the metrics, per-step history, tags, params and
-artifact paths that `ablations.tracking.log_trial` writes. The trial dict (built by `ablations.sweep.plan`):
+`run_trial(trial)` knows nothing of Ray and touches MLflow only through `ablations.tracking.LiveRun`: with
+`_tracking_uri` set (what the sweep does) the trial's run is logged live, while it trains; without it (`--no-tracking`)
+it returns the metrics, per-step history, tags, params and artifact paths that `ablations.tracking.log_trial` writes
+later (`python -m ablations.sweep ingest`). The trial dict (built by `ablations.sweep.plan`):
 
     sweep, experiment, walk, step, parent, delta   where the trial comes from (run name = step)
     arch                                           preset[+delta...] for snapgen.registry.resolve
@@ -11,6 +13,7 @@ artifact paths that `ablations.tracking.log_trial` writes. The trial dict (built
     profile  {architecture: full|trained, flops_latents, latency_latent, latency_warmup, latency_repeats}
     metric_note                                    what the quality metric is (e.g. "val_loss is a proxy, not FID")
     _out_root, _profile_cache, _progress           where it runs (leading underscore: not part of the identity)
+    _tracking_uri, _parent_run_id                  the MLflow store to track it live in, the sweep's parent run
 
 Efficiency columns describe `profile.architecture`: `full` = the real, unshrunk architecture `resolve(arch)` (what
 Fig. 3 compares), not the width-32 proxy trained at smoke scale; `params_m_trained` is the trained net's size.
@@ -30,7 +33,7 @@ from snapgen.config import flatten, stable_hash
 
 DEFAULT_OUT_ROOT = Path("runs/sweeps")
 DEFAULT_PROFILE_CACHE = Path("runs/profile_cache")
-HISTORY_KEYS = ("train_loss", "val_loss", "val_loss_ema", "grad_norm")
+HISTORY_KEYS = ("train_loss", "val_loss", "val_loss_ema", "train_grad_norm")  # the post-hoc history (ingest)
 
 
 def trial_hash(trial: dict[str, Any]) -> str:
@@ -159,26 +162,90 @@ def profile_architecture(unet_cfg, spec: dict[str, Any], cache_dir: Path) -> dic
 # ---- the trial ---------------------------------------------------------------------------------------------------------
 
 
-def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
-    """Train, evaluate and profile one config. Returns {metrics, history, tags, params, artifacts, out}.
+def trial_tags(trial: dict[str, Any]) -> dict[str, Any]:
+    """The tags that say which trial a run is (known before it trains)."""
+    return {"step": trial["step"], "scale": trial["scale"], "config_hash": trial_hash(trial), "seed": trial["seed"],
+            "sweep": trial["sweep"], "walk": trial.get("walk") or "", "parent": trial.get("parent") or "",
+            "delta": trial.get("delta") or "", "metric_note": trial.get("metric_note", "")}
 
+
+def trial_params(trial: dict[str, Any], cfg) -> dict[str, Any]:
+    """The params known before training: the trial's config, the resolved training options, the profile's inputs."""
+    prof_spec = trial.get("profile") or {}
+    latents = [int(n) for n in prof_spec.get("flops_latents", [])]
+    params = flatten({k: v for k, v in trial.items() if not k.startswith("_") and k != "train"})
+    params.update(flatten({"train": _asdict(cfg)}))
+    params["flops_latent"] = latents[0] if latents else None
+    params["latency_latent"] = prof_spec.get("latency_latent")
+    return params
+
+
+def live_run(trial: dict[str, Any], cfg):
+    """The trial's `tracking.LiveRun` (MLflow store `trial['_tracking_uri']`, nested under `trial['_parent_run_id']`):
+    RUNNING from the first training step; `device` and `latency_backend` are 'pending' until profiling sets them."""
+    from ablations import tracking
+
+    tags = {**trial_tags(trial), "git_sha": tracking.git_sha(), "device": "pending", "latency_backend": "pending"}
+    return tracking.LiveRun(trial["experiment"], trial["step"], tags=tags, params=trial_params(trial, cfg),
+                            parent_run_id=trial.get("_parent_run_id"), uri=trial["_tracking_uri"], terminate=False)
+
+
+def run_trial(trial: dict[str, Any], callbacks=()) -> dict[str, Any]:
+    """Train, evaluate and profile one config. Returns {metrics, history, tags, params, artifacts, out}, and `run_id`
+    when the trial was tracked live.
+
+    Live tracking: with `trial['_tracking_uri']` set (the sweep sets it; `--no-tracking` does not) the trial's MLflow
+    run (`live_run`) is the training engine's callback: RUNNING from the start, train/val losses logged as they are
+    produced, sample grids and config.yaml when written. After evaluation and profiling `LiveRun.finish` logs the
+    final metrics, tags and params and ends it FINISHED; a failure ends it FAILED with the `error` tag (KILLED on
+    Ctrl-C) and raises. A rerun resumes training from the checkpoint and continues the same run, no step logged twice.
+    Without `_tracking_uri` nothing is logged: the caller writes the result (`log_trial`, `ingest`).
+
+    `callbacks`: further engine callbacks (`snapgen.training.fit`), called after the live run's.
     Raises whatever training raises (the sweep retries once, then logs the trial as FAILED).
     """
-    from snapgen.models import EfficientUNet
-    from snapgen.registry import resolve
-    from snapgen.train import read_metrics, train
+    import traceback
 
-    config_hash = trial_hash(trial)
+    from snapgen.train import train
+
     out = trial_dir(trial)
     cfg = train_config(trial)
-    train_kwargs = kd_setup(trial, cfg) if trial.get("kd_row") else {}
+    live = live_run(trial, cfg) if trial.get("_tracking_uri") else None
+    try:
+        train_kwargs = kd_setup(trial, cfg) if trial.get("kd_row") else {}
+        # train (resumes from out/checkpoint when rerun)
+        trained = train(cfg, out, progress=bool(trial.get("_progress", True)),
+                        callbacks=[*([live] if live is not None else []), *callbacks], **train_kwargs)
+        result = _evaluate_and_profile(trial, cfg, out, trained)
+    except BaseException as error:
+        if live is not None and live.run_id is not None:
+            interrupted = isinstance(error, KeyboardInterrupt)
+            try:
+                live.finish({}, status="KILLED" if interrupted else "FAILED",
+                            error="interrupted" if interrupted else traceback.format_exc())
+            except Exception as exc:  # noqa: BLE001 - the trial's own error is the one to raise
+                print(f"[trial] could not end MLflow run {live.run_id}: {type(exc).__name__}: {exc}")
+        raise
+    if live is not None and live.run_id is not None:
+        live.finish(result["metrics"], result["artifacts"], tags=result["tags"], params=result["params"])
+        result["run_id"] = live.run_id
+    return result
 
-    # train (resumes from out/checkpoint when rerun)
-    result = train(cfg, out, progress=bool(trial.get("_progress", True)), **train_kwargs)
-    trained_cfg = result["unet_config"]
 
-    # evaluate: validation loss always (from training's last record), FID when its weights are found
-    metrics: dict[str, float | None] = {k: result.get(k) for k in ("val_loss", "val_loss_ema", "train_loss")}
+def _evaluate_and_profile(trial: dict[str, Any], cfg, out: Path, trained: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation (validation loss from the run's records, FID when its weights are found) and profiling of a trained
+    trial: the result `run_trial` returns."""
+    from snapgen.models import EfficientUNet
+    from snapgen.registry import resolve
+    from snapgen.runs import read_metrics
+
+    trained_cfg = trained["unet_config"]
+    records = read_metrics(out)
+    last: dict[str, Any] = {}
+    for rec in records:  # the run's last value of each metric (a resumed, already trained run logs no record now)
+        last.update(rec)
+
+    metrics: dict[str, float | None] = {k: last.get(k) for k in ("val_loss", "val_loss_ema", "train_loss")}
     tags: dict[str, Any] = {}
     fid_spec = trial.get("fid") or {}
     if fid_spec.get("enabled"):
@@ -221,18 +288,13 @@ def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
                          f"(hash {prof['arch_hash']}), not the trained proxy; params_m_trained is the trained net"
                          if which == "full" else "params_m, gflops and latency_ms are of the trained (shrunk) net"),
     )
+    tags.update(trial_tags(trial), arch_hash=prof["arch_hash"])
 
-    history = [(k, float(rec[k]), int(rec["step"])) for rec in read_metrics(out) for k in HISTORY_KEYS if k in rec]
-    tags.update(step=trial["step"], scale=trial["scale"], config_hash=config_hash, seed=trial["seed"],
-                sweep=trial["sweep"], walk=trial.get("walk") or "", parent=trial.get("parent") or "",
-                delta=trial.get("delta") or "", arch_hash=prof["arch_hash"], metric_note=trial.get("metric_note", ""))
-    params = flatten({k: v for k, v in trial.items() if not k.startswith("_") and k != "train"})
-    params.update(flatten({"train": {k: v for k, v in _asdict(cfg).items()}}))
+    history = [(k, float(rec[k]), int(rec["step"])) for rec in records for k in HISTORY_KEYS if k in rec]
+    params = trial_params(trial, cfg)
     params.update(flatten({"unet": trained_cfg.to_dict()}))
-    params["flops_latent"] = latents[0] if latents else None
-    params["latency_latent"] = prof_spec.get("latency_latent")
     params["latency_dtype"] = latency["dtype"] if latency else None
-    artifacts = [out / "config.yaml", out / "metrics.jsonl", result.get("sample_grid")]
+    artifacts = [out / "config.yaml", out / "metrics.jsonl", trained.get("sample_grid")]
     return {"metrics": metrics, "history": history, "tags": tags, "params": params,
             "artifacts": [str(a) for a in artifacts if a], "out": str(out)}
 
@@ -243,4 +305,5 @@ def _asdict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["trial_hash", "trial_dir", "train_config", "kd_setup", "profile_architecture", "run_trial"]
+__all__ = ["trial_hash", "trial_dir", "train_config", "kd_setup", "profile_architecture", "trial_tags",
+           "trial_params", "live_run", "run_trial"]
