@@ -71,8 +71,9 @@ class EngineOptions:
             raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
 
 
-# Options that decide how fast or how long a run goes, not what it computes: a rerun with another value resumes it.
-UNHASHED_OPTIONS = ("time_budget_min", "compile", "log_every")
+# Options that decide how fast or how long a run goes, not what it computes (learning rates depend on the step, never
+# on the total), so a rerun with another value resumes the same run; more `steps` extends it.
+UNHASHED_OPTIONS = ("steps", "time_budget_min", "compile", "log_every")
 
 
 def hashed_options(options) -> dict[str, Any]:
@@ -402,6 +403,8 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
     bar = tqdm(total=o.steps, initial=step, disable=not (progress and rank == 0), dynamic_ncols=True,
                desc=stage.kind)
     last: dict[str, Any] = {}
+    for record in runs.read_metrics(out):  # a rerun of a finished run still returns its last metrics
+        last.update(record)
     sample_path: Path | None = None
     started, end = time.time(), o.steps
     while step < end:
@@ -457,7 +460,7 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
         bar.update(1)
         if o.time_budget_min and (time.time() - started) / 60 > o.time_budget_min and end == o.steps:
             end = step  # out of time: this step is the last (a rerun continues towards options.steps)
-        logging = step % o.log_every == 0 or step == end
+        logging = step % o.log_every == 0 or step % o.ckpt_every == 0 or step == end  # a resume starts a window
         if logging or step % o.ckpt_every == 0:
             window_skips = int(skips_window)  # the one host read-back of a window
             skips_window.zero_()
@@ -486,7 +489,11 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
     result = {**last, "step": step, "out": str(out), "nan_skips": nan_skips, "run_hash": run_hash}
     if rank == 0:
         grid = out / "samples" / f"step_{step:07d}.png"
-        sample_path = grid if grid.exists() else write_samples(step)
+        if grid.exists():  # written at this step already (a rerun of a finished run): still report it
+            sample_path = grid
+            notify("on_artifact", grid)
+        else:
+            sample_path = write_samples(step)
         if sample_path is not None:
             result["sample_grid"] = str(sample_path)
         notify("on_artifact", out / runs.CONFIG_FILE)
