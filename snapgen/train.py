@@ -161,6 +161,8 @@ class UNetStage(Stage):
             cfg.data, cfg.resolution, cfg.autoencoder, cfg.val_size, cfg.train_limit, cfg.seed, device)
         self.names = list(names)
         prompts = class_prompts(names)
+        if device.type == "cuda":  # the whole data set on the GPU: a step indexes it there, no host copy per batch
+            images = torch.as_tensor(images).to(device)
         self.data = ClassConditionalData(images, labels, prompts, cfg.batch_size, cfg.seed, cfg.resolution)
         self.conditioning = PromptConditioning(self.data.prompts, cfg.text_encoder, device)
         val_batch = ClassConditionalData(val_images, val_labels, prompts, len(val_labels), cfg.seed,

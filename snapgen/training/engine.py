@@ -46,7 +46,8 @@ class EngineOptions:
     grad_clip: float = 1.0           # max global grad norm per phase; 0 = off
     ema_decay: float = 0.999         # supplement G; warmed up as diffusers' EMAModel: min(decay, (1+n)/(10+n))
     precision: str = "auto"          # "bf16" (autocast, CUDA), "fp32", or "auto" = bf16 on CUDA else fp32
-    compile: bool = False            # torch.compile the trained modules' forward
+    compile: bool | None = None      # torch.compile the trained modules' forward; None = on CUDA only (on a CPU it
+                                     # only costs compile time)
     seed: int = 0
     log_every: int = 10              # steps between train-metric records (and NaN-limit checks)
     val_every: int = 50              # steps between validations
@@ -346,7 +347,7 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
             module = torch.nn.parallel.DistributedDataParallel(
                 module, device_ids=[device] if device.type == "cuda" else None)
             ddp.add(name)
-        if o.compile:
+        if o.compile or (o.compile is None and device.type == "cuda"):
             module = torch.compile(module)
         models[name] = module
     manual_sync = {p.name: [q for m in p.modules if m not in ddp for q in raw[m].parameters()] for p in phases}
