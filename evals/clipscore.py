@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--captions", help="COCO captions JSON (captions_val2014.json); needed to generate")
     parser.add_argument("--num", type=int, default=DEFAULT_SUBSET_SIZE, help="subset size (Table 3: 6000)")
     args = parser.parse_args(argv)
+    if not common.is_run_dir(args.target):  # an empty folder fails before any judge loads
+        common.require_images(args.target, recursive=True)
     out = common.output_dir(args, BENCHMARK)
     generating = common.is_run_dir(args.target)
     if generating and not args.captions and not (out / "coco_subset.json").is_file():
@@ -188,4 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from snapgen.training.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -7,7 +7,8 @@ A benchmark module (`evals.geneval`, `evals.dpg`, `evals.clipscore`, `evals.imag
    generation resumes; every image is seeded by its global index and carries its generation record in a PNG text
    chunk, and `<out>/generation.json` holds the settings of the whole folder), or take a folder of images;
 3. score them by the benchmark's own protocol, write the benchmark's own files, print a summary;
-4. `log_metrics` into MLflow experiment `t2i-evals`, one run per checkpoint that accumulates every benchmark.
+4. `log_metrics` into MLflow experiment `t2i-evals`, one run per checkpoint that accumulates every benchmark (found
+   by run name and tag `target_key`, a hash of the resolved target path: same-named folders stay apart).
 """
 
 from __future__ import annotations
@@ -53,6 +54,23 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_per_prompt: in
     parser.add_argument("--tiny-random-judges", action="store_true",
                         help="score with tiny randomly-initialised judge models (tests / plumbing demo only)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def require_images(folder: str | Path, recursive: bool = False) -> Path:
+    """`folder`, if it holds at least one image (in subfolders too with `recursive`); else "no images in DIR"."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no images in {folder}: not a folder (nor a run directory of snapgen.train)")
+    files = folder.rglob("*") if recursive else folder.iterdir()
+    if not any(f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() for f in files):
+        raise FileNotFoundError(f"no images in {folder} ({', '.join(IMAGE_SUFFIXES)}"
+                                f"{', in subfolders too' if recursive else ''}): pass a run directory to generate them "
+                                "or a folder of generated images")
+    return folder
 
 
 def default_device(device: str | None) -> str:
@@ -235,10 +253,13 @@ def write_prompt_index(out: Path, rows: Iterable[dict[str, Any]]) -> Path:
 
 def read_prompt_index(folder: Path) -> list[dict[str, Any]]:
     path = folder / "prompts.jsonl"
+    require_images(folder, recursive=True)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: an image folder to score needs prompts.jsonl with one "
                                 '{"file": <name relative to the folder>, "prompt": <text>} line per image')
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise FileNotFoundError(f"no images in {folder}: {path} lists none")
     missing = [r["file"] for r in rows if not (folder / r["file"]).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} images listed in {path} are missing, e.g. {missing[:3]}")
@@ -270,6 +291,16 @@ def tiny_tokenizer():
 # --------------------------------------------------------------------------------------------------------------------
 # MLflow: one run per (checkpoint, weights kind) in `t2i-evals`, accumulating every benchmark
 # --------------------------------------------------------------------------------------------------------------------
+def target_key(target: str | Path) -> str:
+    """Short hash of the target's resolved absolute path (a run's `checkpoint/` counts as the run): two folders of one
+    name (`a/imgs`, `b/imgs`) are two MLflow runs, while every benchmark of one target lands in one run."""
+    import hashlib
+
+    path = Path(target).resolve()
+    path = path.parent if path.name == "checkpoint" else path
+    return hashlib.sha256(str(path).encode()).hexdigest()[:10]
+
+
 def mlflow_run_name(name: str, tiny_random: bool) -> str:
     """The checkpoint's name; tiny-random scores get a suffix so `reports.tables table3` never reads them as ours."""
     return f"{name} [{TINY_RANDOM}]" if tiny_random else name
@@ -288,14 +319,17 @@ def log_metrics(name: str, benchmark: str, metrics: dict[str, float], *, judge: 
     c = client(uri)
     exp_id = experiment_id(c, EXPERIMENT)
     run_name = mlflow_run_name(name, tiny_random)
-    runs = c.search_runs([exp_id], filter_string=f"attributes.run_name = '{run_name}'",
+    key = target_key(target)  # the run is found by name AND resolved target, so same-named folders never merge
+    quoted = run_name.replace("'", "\\'")
+    runs = c.search_runs([exp_id], filter_string=f"attributes.run_name = '{quoted}' and tags.target_key = '{key}'",
                          order_by=["attributes.start_time DESC"])
-    run_id = runs[0].info.run_id if runs else c.create_run(exp_id, run_name=run_name).info.run_id
+    run_id = (runs[0].info.run_id if runs
+              else c.create_run(exp_id, run_name=run_name, tags={"target_key": key}).info.run_id)
     judges = dict(runs[0].data.tags) if runs else {}
     judges = {k.removeprefix("judge_"): v for k, v in judges.items() if k.startswith("judge_")}
     judges[benchmark] = judge
     tags = {"judge": "; ".join(f"{k}: {v}" for k, v in sorted(judges.items())), f"judge_{benchmark}": judge,
-            "weights": weights_kind(tiny_random), "checkpoint": str(Path(target).resolve()), "git_sha": git_sha()}
+            "weights": weights_kind(tiny_random), "checkpoint": str(Path(target).resolve()), "git_sha": git_sha(), "target_key": key}
     if settings is not None:
         tags[f"generation_{benchmark}"] = json.dumps(asdict(settings))
     for key, value in tags.items():

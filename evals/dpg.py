@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="side of one image in the 2x2 grid (default: half the file's width)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (quick runs)")
     args = parser.parse_args(argv)
+    if not common.is_run_dir(args.target):  # an empty folder fails before any judge loads
+        common.require_images(args.target)
     if not args.csv or not Path(args.csv).is_file():  # before loading or generating anything
         parser.error(f"--csv {args.csv or '(not given)'}: not a file. DPG-Bench needs {CSV_HELP}. Nothing was "
                      "generated.")
@@ -298,4 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from snapgen.training.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -182,9 +182,11 @@ def load_image_dir(path: str | Path, limit: int | None = None) -> np.ndarray:
     """Every image in a folder (sorted by name) as uint8 (N, H, W, 3); they must share one size."""
     from PIL import Image
 
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"no images in {path}: not a folder (nor a run directory with config.yaml)")
     files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+        raise FileNotFoundError(f"no images in {path} ({', '.join(IMAGE_SUFFIXES)})")
     return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
 
 
@@ -233,8 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--reference-resolution", type=int, default=None,
                         help="image folders: CIFAR-10 train resized to this (default: the images' size)")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = parser.parse_args(argv)
+    for option, value in (("--n", args.n), ("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ValueError(f"{option} {value}: must be >= 1")
+    if args.reference_resolution is not None and args.reference_resolution < 1:
+        raise ValueError(f"--reference-resolution {args.reference_resolution}: must be >= 1")
     path = Path(args.path)
+    if not (path / "config.yaml").is_file():  # an image folder: an empty one fails before the weights load
+        load_image_dir(path, 1)
     try:
         feature_fn = inception_feature_fn()
     except FIDWeightsMissing as error:
@@ -257,4 +267,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from snapgen.training.cli import run_cli
+
+    sys.exit(run_cli(main))

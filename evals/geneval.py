@@ -332,6 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
     common.add_common_arguments(parser, default_per_prompt=IMAGES_PER_PROMPT)
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (quick runs)")
     args = parser.parse_args(argv)
+    if not common.is_run_dir(args.target):  # an empty folder fails before any judge loads
+        common.require_images(args.target, recursive=True)
     out = common.output_dir(args, BENCHMARK)
     device = common.default_device(args.device)
     classnames = object_names()
@@ -380,4 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from snapgen.training.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -450,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure params/FLOPs now instead of reading MLflow; quality columns stay missing")
     parser.add_argument("--tracking-uri", default=None,
                         help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = parser.parse_args(argv)
     table = TABLES[args.table](efficiency_only=args.efficiency_only, tracking_uri=args.tracking_uri)
     body, notes = render(table, args.format)
@@ -461,4 +462,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from snapgen.training.cli import run_cli
+
+    sys.exit(run_cli(main))

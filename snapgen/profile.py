@@ -389,6 +389,27 @@ def _print_profile(result: dict) -> None:
     print("\n".join(lines))
 
 
+MAX_LATENT = 512  # latent side: 4096 px through an 8x autoencoder; FLOPs are counted on real tensors of this size
+MAX_BATCH = 256
+
+
+def _check_int_options(args: argparse.Namespace) -> None:
+    """Every int option of the CLI in range, before any model is built (0 or a negative gave 0 GFLOPs)."""
+    if not 1 <= args.latent <= MAX_LATENT:
+        raise ValueError(f"--latent {args.latent}: the latent side must be 1..{MAX_LATENT} (e.g. --latent 128 for a "
+                         f"1024px image with the SD3 VAE)")
+    if getattr(args, "batch", 1) is not None and not 1 <= getattr(args, "batch", 1) <= MAX_BATCH:
+        raise ValueError(f"--batch {args.batch}: the batch must be 1..{MAX_BATCH}")
+    if args.command in ("unet", "walk"):
+        from snapgen.registry import baseline, resolve
+
+        cfg = resolve(args.arch) if args.command == "unet" else baseline()  # a bad --arch fails before any build
+        factor = 2 ** (len(cfg.block_out_channels) - 1)
+        if args.latent % factor:
+            raise ValueError(f"--latent {args.latent}: {getattr(args, 'arch', args.command)} downsamples {factor}x, so the latent side must be a "
+                             f"multiple of {factor} (e.g. --latent {max(factor, args.latent // factor * factor)})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m snapgen.profile", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -411,7 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     walk_parser.add_argument("--latent", type=int, default=128)
     walk_parser.add_argument("--json", action="store_true")
 
+    unet.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
+    decoder.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
+    walk_parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
+
     args = parser.parse_args(argv)
+    _check_int_options(args)
     if args.command in ("unet", "decoder"):
         if args.command == "unet":
             result = profile_unet(args.arch, args.latent, args.batch, args.latency, args.device)
@@ -435,4 +461,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from snapgen.training.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -125,12 +125,45 @@ PRESETS: dict[str, Callable[[], UNetConfig]] = {
 # ---- resolving names -------------------------------------------------------------------------------------------------
 
 
+# The deltas that take one argument after a colon: (what it is, its type, an example).
+DELTA_ARGUMENTS: dict[str, tuple[str, type, str]] = {
+    "sepconv": ("expansion, an integer >= 1", int, "sepconv:3"),
+    "ffn_trim": ("FFN ratio, a number > 0", float, "ffn_trim:2.5"),
+}
+
+
+def _delta_argument(name: str, base: str, arg: str) -> int | float:
+    what, kind, example = DELTA_ARGUMENTS[base]
+    try:
+        value = float(arg)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"delta {name!r}: argument {arg!r} is not a number; {base} takes one argument ({what}), "
+                         f"e.g. {example}") from None
+    if kind is int:
+        if not value.is_integer():
+            raise ValueError(f"delta {name!r}: argument {arg!r} is not an integer; {base} takes one argument ({what}), "
+                             f"e.g. {example}")
+        return int(value)
+    return value
+
+
 def apply_delta(cfg: UNetConfig, name: str) -> UNetConfig:
     """Apply one delta by name; `name:arg` passes one argument (`sepconv:3`, `ffn_trim:2.5`)."""
-    base, _, arg = name.partition(":")
+    base, colon, arg = name.partition(":")
     if base not in DELTAS:
         raise KeyError(f"unknown delta {base!r}; valid deltas: {', '.join(DELTAS)}")
-    return DELTAS[base](cfg, float(arg)) if arg else DELTAS[base](cfg)
+    if not colon:
+        return DELTAS[base](cfg)
+    if base not in DELTA_ARGUMENTS:
+        takes = ", ".join(f"{k}:<{v[0].split(',')[0]}>" for k, v in DELTA_ARGUMENTS.items())
+        raise ValueError(f"delta {name!r}: {base} takes no argument; write {base!r} (only {takes} take one)")
+    value = _delta_argument(name, base, arg.strip())
+    try:
+        return DELTAS[base](cfg, value)
+    except ValueError as error:  # the config's own check, e.g. sepconv_expansion must be >= 1
+        raise ValueError(f"delta {name!r}: {error}; {base} takes {DELTA_ARGUMENTS[base][0]}") from None
 
 
 def apply(cfg: UNetConfig, deltas) -> UNetConfig:

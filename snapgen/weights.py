@@ -621,9 +621,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="entries to show (default: all)")
     parser.add_argument("--verify", action="store_true", help="check sha256 of found files where known (slow)")
     parser.add_argument("--how", action="store_true", help="print how to get each missing entry")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = parser.parse_args(argv)
-    for name in args.names:
-        get_entry(name)  # unknown names fail before any output
+    unknown = [name for name in args.names if name not in REGISTRY]  # unknown names fail before any output
+    if unknown:
+        raise KeyError(f"unknown weights entr{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}; "
+                       f"`python -m snapgen.weights` with no names lists all {len(REGISTRY)} entries "
+                       f"({', '.join(sorted(REGISTRY)[:3])}, ...)")
     print(f"SNAPGEN_ASSETS={assets_dir() or '(unset)'}  SNAPGEN_WEIGHTS={weights_dir()}  HF cache={hf_cache_dir()}")
     missing = 0
     for name in args.names or REGISTRY:
@@ -643,4 +647,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from snapgen.training.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -1,0 +1,94 @@
+"""Fuzz the CLIs with bad invocations: each must fail fast (before training or model loading), exit non-zero, print no
+traceback, and name the offending option or value on its last stderr line."""
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+X = pytest.mark.xfail  # cases whose module lacks the validation (owner to fix; not edited here)
+
+# (module, argv, text the last stderr line must contain)
+CASES = [
+    ("snapgen.train", ["--set", "nosuch=1", "--dry-run"], "nosuch"),
+    ("snapgen.train", ["--scale", "nosuch"], "nosuch"),
+    ("snapgen.train", ["--set", "batch_size=0", "--dry-run"], "batch_size"),
+    ("snapgen.train", ["--set", "batch_size=1000000000000", "--dry-run"], "batch_size"),
+    ("snapgen.train", ["--bogus-option"], "--bogus-option"),
+    ("snapgen.sample", ["--steps", "abc"], "abc"),
+    ("snapgen.sample", ["--bogus-option"], "--bogus-option"),
+    ("snapgen.generate", ["--steps", "abc"], "abc"),
+    ("snapgen.generate", ["--bogus-option"], "--bogus-option"),
+    ("snapgen.profile", ["unet", "--arch", "tiny", "--latent", "abc"], "abc"),
+    ("snapgen.profile", ["unet", "--arch", "tiny", "--latent", "0"], "--latent"),
+    ("snapgen.profile", ["unet", "--arch", "tiny", "--batch", "-2"], "--batch"),
+    ("snapgen.profile", ["unet", "--arch", "tiny", "--latent", str(10**12)], "--latent"),
+    ("snapgen.profile", ["unet", "--arch", "nosuch"], "nosuch"),
+    ("snapgen.profile", ["unet", "--arch", "tiny+sepconv:abc"], "sepconv:abc"),
+    ("snapgen.step_distill", ["--set", "nosuch=1", "--dry-run"], "nosuch"),
+    ("snapgen.step_distill", ["--bogus-option"], "--bogus-option"),
+    ("snapgen.train_decoder", ["--set", "nosuch=1", "--dry-run"], "nosuch"),
+    ("snapgen.train_decoder", ["--bogus-option"], "--bogus-option"),
+    ("snapgen.recipes", ["nosuch"], "nosuch"),
+    ("ablations.sweep", ["--bogus-option"], "--bogus-option"),
+    ("evals.fid", ["/nonexistent/imgs"], "/nonexistent/imgs"),
+    ("evals.fid", ["/tmp", "--n", "0"], "--n"),
+    ("evals.fid", ["/tmp", "--steps", "abc"], "abc"),
+    ("evals.geneval", ["/nonexistent/imgs", "--no-mlflow"], "/nonexistent/imgs"),
+    ("evals.geneval", ["x", "--sampler", "nosuch"], "nosuch"),
+    ("evals.dpg", ["/nonexistent/imgs"], "/nonexistent/imgs"),
+    ("evals.clipscore", ["/nonexistent/imgs", "--no-mlflow"], "/nonexistent/imgs"),
+    ("evals.clipscore", ["x", "--num", "abc"], "abc"),
+    ("evals.imagereward", ["/nonexistent/imgs", "--no-mlflow"], "/nonexistent/imgs"),
+    ("evals.imagereward", ["x", "--limit", "abc"], "abc"),
+    ("reports.tables", ["nosuch"], "nosuch"),
+    ("reports.tables", ["table1", "--format", "nosuch"], "nosuch"),
+    ("snapgen.weights", ["nosuch"], "nosuch"),
+    ("snapgen.weights", ["--bogus-option"], "--bogus-option"),
+]
+XFAIL: dict[int, str] = {  # index into CASES -> why (the module lacks the validation; owner to fix)
+    3: "snapgen.train accepts --set batch_size=10**12 in --dry-run (no upper bound)",
+    6: "snapgen.sample: unknown option does not end with one line naming it",
+    8: "snapgen.generate: unknown option does not end with one line naming it",
+    15: "snapgen.step_distill --set nosuch=1 --dry-run: does not name 'nosuch' / not rejected",
+    16: "snapgen.step_distill: unknown option does not end with one line naming it",
+    20: "ablations.sweep: unknown option does not end with one line naming it",
+}
+
+
+def _run(case):
+    module, argv, _ = case
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env.pop("SNAPGEN_DEBUG", None)
+    try:
+        return subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=30,
+                              cwd=REPO, env=env)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+_RESULTS: dict[int, object] = {}
+
+
+def _results():
+    if not _RESULTS:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            _RESULTS.update(enumerate(pool.map(_run, CASES)))
+    return _RESULTS
+
+
+@pytest.mark.parametrize("index", [pytest.param(i, marks=X(reason=XFAIL[i])) if i in XFAIL else i
+                                   for i in range(len(CASES))],
+                         ids=[f"{m} {' '.join(a)}" for m, a, _ in CASES])
+def test_bad_invocation(index):
+    module, argv, expect = CASES[index]
+    result = _results()[index]
+    assert result is not None, f"python -m {module} {' '.join(argv)} ran past 30 s: it must fail fast"
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result.stdout[-500:]
+    assert "Traceback" not in result.stderr, result.stderr[-1500:]
+    assert lines and expect in lines[-1], result.stderr[-800:]
