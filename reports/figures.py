@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
-from reports.paper import FIG3_STEPS  # noqa: E402
+from snapgen.paper import FIG3_STEPS  # noqa: E402
 
 DEFAULT_FIG3_OUT = Path("reports/figures/fig3.png")
 EXPERIMENT_UNET_ABLATION = "unet-ablation"  # ARCHITECTURE.md MLflow schema

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from reports import paper
+from snapgen import paper
 
 MISSING = "—"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"  # ARCHITECTURE.md: MLflow schema

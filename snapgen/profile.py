@@ -299,9 +299,8 @@ def profile_walk(name: str, latent: int, profile_fn: Callable[[Any, int], dict] 
         paper_d_params_pct, paper_d_gflops_pct (None where the paper gives none), check ('PASS' | 'FAIL' | '-')
         and check_detail.
     """
+    from snapgen.paper import FIG3_STEPS
     from snapgen.registry import walk
-
-    from reports.paper import FIG3_STEPS
 
     profile_fn = profile_fn or (lambda cfg, n: profile_unet_config(cfg, n))
     rows: dict[str, dict] = {}

@@ -1,4 +1,4 @@
-"""reports: paper values as data, tables (md/csv/tex, missing values marked), the Fig. 3 figure."""
+"""reports: tables (md/csv/tex, missing values marked), the Fig. 3 figure; the paper's values as data (snapgen.paper)."""
 
 import io
 import json
@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from reports import figures, paper, tables
-from snapgen import profile
+from reports import figures, tables
+from snapgen import paper, profile
 
 
 def test_paper_fig3_keys_are_walk_steps():
