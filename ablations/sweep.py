@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import yaml
 
-from ablations import tracking
 from ablations.trial import DEFAULT_OUT_ROOT, DEFAULT_PROFILE_CACHE, run_trial, trial_dir, trial_hash
+from snapgen import tracking
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 SPEC_KEYS = {"sweep", "experiment", "walk", "steps", "arch", "rows", "teacher", "seeds", "metric_note", "scales",

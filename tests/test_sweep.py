@@ -7,8 +7,9 @@ The trials really train (3 steps at width 32, 16x16) and profile the trained net
 import pytest
 import yaml
 
-from ablations import sweep, tracking
+from ablations import sweep
 from ablations.trial import trial_hash
+from snapgen import tracking
 
 TINY_SPEC = {
     "sweep": "unet", "experiment": "unet-ablation", "walk": "fig3", "steps": ["a_baseline", "b_no_sa_high_res"],

@@ -1,4 +1,4 @@
-"""ablations.tracking: the MLflow schema adapter (idempotent logging, failed runs) and the MLflow UI/REST API."""
+"""snapgen.tracking: the MLflow schema adapter (idempotent logging, failed runs) and the MLflow UI/REST API."""
 
 import json
 import socket
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ablations import tracking
+from snapgen import tracking
 
 TAGS = {"step": "a_baseline", "scale": "smoke", "git_sha": "abc", "config_hash": "h1", "device": "cpu",
         "latency_backend": "torch-cpu"}
