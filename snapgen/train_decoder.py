@@ -488,7 +488,7 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
     Returns:
         `dict(arch, eval_set, encoder, decoders={name: metrics}, notes)`.
     """
-    from . import profile
+    from . import profile, tracking
     from .models.decoder import profile_decoder_arch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -526,13 +526,9 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
     target.mkdir(parents=True, exist_ok=True)
     (target / "eval.json").write_text(json.dumps(report, indent=2))
     if log_mlflow:
-        import mlflow
-
-        mlflow.set_experiment("decoder")
         for name, metrics in results.items():
-            with mlflow.start_run(run_name=arch if name == "ours" else name):
-                mlflow.set_tags({"eval_set": eval_set, "encoder": encoder, "decoder_dir": str(decoder_dir)})
-                mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+            tracking.log_eval_run("decoder", arch if name == "ours" else name, metrics=metrics,
+                                  tags={"eval_set": eval_set, "encoder": encoder, "decoder_dir": str(decoder_dir)})
     return report
 
 
