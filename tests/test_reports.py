@@ -96,6 +96,14 @@ def test_table2_efficiency_only_marks_tiny_decoder(monkeypatch):
     assert "ANE OOM, GPU 9469" in body
 
 
+def test_tables_cli_scale_is_for_fig3_only(capsys, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'absent.db'}"
+    assert tables.main(["fig3", "--scale", "small", "--tracking-uri", uri]) == 0
+    assert "no MLflow database" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tables.main(["table1", "--scale", "small"])
+
+
 def test_tables_cli_csv(capsys, tmp_path):
     assert tables.main(["kd", "--format", "csv", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"]) == 0
     captured = capsys.readouterr()
