@@ -171,22 +171,6 @@ def table1(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
     return table
 
 
-def _tiny_decoder_profile(latent: int) -> dict:
-    """Params / fvcore GFLOPs of our TinyDecoder (Sec. 3.2), when `snapgen.models.decoder` exists."""
-    import importlib
-
-    import torch
-
-    from snapgen import profile
-
-    module = importlib.import_module("snapgen.models.decoder")
-    decoder = module.TinyDecoder().eval()
-    channels = getattr(decoder, "latent_channels", None) or getattr(getattr(decoder, "config", None),
-                                                                      "latent_channels", 16)
-    flops = profile.count_flops(decoder, (torch.randn(1, channels, latent, latent),))
-    return {"params_m": profile.count_params(decoder) / 1e6, "gflops": flops["gflops_fvcore_default"]}
-
-
 def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Table:
     """Table 2 (decoders): the paper's rows and ours (SDXL / SD3 decoders as built here, our TinyDecoder)."""
     rows = []
@@ -202,7 +186,7 @@ def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
         {"decoder": "SDXL (ours, diffusers AutoencoderKL)", "ch": 4, "_arch": "sdxl", "_run": "sdxl"},
         {"decoder": "SD3 (ours, diffusers AutoencoderKL)", "ch": 16, "_arch": "sd3", "_run": "sd3"},
         {"decoder": "TAESD3 (peer, madebyollin weights)", "ch": 16, "_arch": "taesd3", "_run": "taesd3"},
-        {"decoder": "Ours (TinyDecoder, this repo)", "ch": 16, "_arch": None, "_run": OURS_TINY_DECODER},
+        {"decoder": "Ours (TinyDecoder, this repo)", "ch": 16, "_arch": OURS_TINY_DECODER, "_run": OURS_TINY_DECODER},
     ]
     cache: dict = {}
     for ours in ours_rows:
@@ -211,20 +195,13 @@ def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
         if efficiency_only:
             from snapgen import profile
 
-            if arch is not None:
-                print(f"counting {arch} decoder FLOPs at {TABLE2_LATENT}x{TABLE2_LATENT} (minutes on CPU)...",
-                      file=sys.stderr)
-                result = _try(table, ours["decoder"], "params/FLOPs",
-                              lambda a=arch: profile.profile_decoder(a, TABLE2_LATENT))
-                if result is not None:
-                    ours.update(params_m=result["params_m"], gflops=result["gflops_fvcore_default"])
-            else:
-                result = _try(table, ours["decoder"], "TinyDecoder (snapgen.models.decoder)",
-                              lambda: _tiny_decoder_profile(TABLE2_LATENT))
-                if result is not None:
-                    ours.update(result)
+            print(f"counting {arch} decoder FLOPs at {TABLE2_LATENT}x{TABLE2_LATENT} (SDXL / SD3: minutes on CPU)...",
+                  file=sys.stderr)
+            result = _try(table, ours["decoder"], "params/FLOPs",
+                          lambda a=arch: profile.profile_decoder(a, TABLE2_LATENT))
             if result is not None:
-                ours["source"] = f"ours: snapgen.profile, fvcore default, {TABLE2_LATENT}x{TABLE2_LATENT} latent"
+                ours.update(params_m=result["params_m"], gflops=result["gflops_fvcore_default"],
+                            source=f"ours: snapgen.profile, fvcore default, {TABLE2_LATENT}x{TABLE2_LATENT} latent")
             _efficiency_only_note(table, ours["decoder"], ["psnr", "latency_ms"])
         else:
             run = _fill_from_mlflow(table, ours, EXPERIMENT_DECODER, run_name,

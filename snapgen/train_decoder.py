@@ -489,7 +489,6 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
         `dict(arch, eval_set, encoder, decoders={name: metrics}, notes)`.
     """
     from . import profile, tracking
-    from .models.decoder import profile_decoder_arch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     decoder_dir = resolve_decoder_dir(ckpt)
@@ -519,7 +518,7 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
         results[name] = {**reconstruction_metrics(torch.cat(parts), x, lpips_model.cpu() if lpips_model is not None else None),
                          "params_m": profile.count_params(decoders[name]) / 1e6}
     if arch != "custom":
-        results["ours"]["gflops"] = profile_decoder_arch(arch, 128)["gflops"]
+        results["ours"]["gflops"] = profile.profile_decoder(arch, 128)["gflops_fvcore_default"]
     report = {"arch": arch, "decoder_dir": str(decoder_dir), "eval_set": eval_set, "encoder": encoder,
               "resolution": resolution, "decoders": results, "notes": notes}
     target = Path(out) if out else (run_dir or decoder_dir)

@@ -8,7 +8,8 @@ import torch
 
 import snapgen.train_decoder as td
 from snapgen import tracking
-from snapgen.models.decoder import TinyDecoder, table2_rows
+from snapgen.models.decoder import TinyDecoder
+from snapgen.profile import table2_rows
 from snapgen.train import read_metrics
 
 # The real `tiny` decoder on CIFAR-10 upsampled to 32x32 (4x4 latents): seconds on CPU.
