@@ -54,11 +54,16 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
-# The sweep runs, trains, evaluates, profiles and logs each Fig. 3 step; until ablations/sweep.py exists the
-# target runs the efficiency walk (params, FLOPs, latency of each step) instead.
+# The sweep runs, trains, evaluates, profiles and logs each Fig. 3 step; reports then read MLflow (the Fig. 3 table
+# and figure even when a trial failed). Until ablations/sweep.py exists the target runs the efficiency walk instead.
 ablation-unet: install
 	@if [ -f ablations/sweep.py ]; then \
-	  $(PY) -m ablations.sweep unet --scale $(SCALE) --executor $(EXECUTOR) && $(PY) -m reports.tables table1 --efficiency-only; \
+	  rc=0; $(PY) -m ablations.sweep unet --scale $(SCALE) --executor $(EXECUTOR) || rc=$$?; \
+	  $(PY) -m reports.tables fig3 --scale $(SCALE); \
+	  $(PY) -m reports.figures fig3 --from-mlflow --scale $(SCALE) --out reports/figures/fig3_sweep.png \
+	    || echo "figure not written (the table above is the record)"; \
+	  if [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	  $(PY) -m reports.tables table1 --efficiency-only; \
 	else \
 	  echo "ablations/sweep.py not present yet: running the efficiency walk"; \
 	  $(PY) -m snapgen.profile walk fig3 --latent $(LATENT); \
@@ -82,7 +87,8 @@ table2: install
 
 # `make table3 CKPTS="runs/a runs/b"` runs the four T2I benchmarks on each checkpoint first.
 table3: install
-	@if [ -n "$(CKPTS)" ]; then $(PY) -m evals.table3 $(CKPTS); else $(PY) -m reports.tables table3; fi
+	@if [ -n "$(CKPTS)" ]; then $(PY) -m evals.table3 $(CKPTS); fi
+	$(PY) -m reports.tables table3
 
 efficiency: install
 	$(PY) -m snapgen.profile walk fig3 --latent $(LATENT)

@@ -41,12 +41,13 @@ PYEOF
 
 set +e
 "$PY" -m ablations.sweep unet --scale small --executor local --out-root "$OUT/runs" \
-  --profile-cache "$OUT/profile_cache" --figure "$OUT/fig3.png" --no-progress --prune-checkpoints "$@" \
+  --profile-cache "$OUT/profile_cache" --no-progress --prune-checkpoints "$@" \
   2>&1 | tee "$OUT/sweep.log"
 status=${PIPESTATUS[0]}
 set -e
 "$PY" -m reports.tables fig3 --format md > "$OUT/fig3_table.md" 2>&1 || true
 "$PY" -m reports.tables fig3 --format csv > "$OUT/fig3_table.csv" 2>> "$OUT/fig3_table.md" || true
+"$PY" -m reports.figures fig3 --from-mlflow --scale small --out "$OUT/fig3.png" >> "$OUT/sweep.log" 2>&1 || true
 tar czf "$OUT.tar.gz" --exclude='checkpoint*' --exclude='*.pt' -C "$(dirname "$OUT")" "$(basename "$OUT")"
 echo "sweep exit status $status; packed $OUT.tar.gz ($(du -h "$OUT.tar.gz" | cut -f1))"
 exit "$status"

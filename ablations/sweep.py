@@ -9,7 +9,7 @@ retries a failed trial once, then logs it FAILED with its error and goes on. The
 
 Live tracking: each trial's MLflow run is RUNNING from its first training step, with train/val losses (real step and
 time) and sample grids logged as they are produced, so a running sweep can be watched in the MLflow UI; evaluation and
-profiling add the final metrics and end it FINISHED (`ablations.tracking.LiveRun`, created in the process that runs
+profiling add the final metrics and end it FINISHED (`snapgen.tracking.LiveRun`, created in the process that runs
 the trial: the Ray worker, not the driver). `--no-tracking` creates none: results go to disk for `ingest`.
 
 In MLflow each invocation is one parent run (`tracking.start_parent`, tag `sweep_hash` = `plan_hash(trials)`, run
@@ -33,8 +33,8 @@ from typing import Any, Callable
 
 import yaml
 
-from ablations import tracking
 from ablations.trial import DEFAULT_OUT_ROOT, DEFAULT_PROFILE_CACHE, run_trial, trial_dir, trial_hash
+from snapgen import tracking
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 SPEC_KEYS = {"sweep", "experiment", "walk", "steps", "arch", "rows", "teacher", "seeds", "metric_note", "scales",
@@ -367,21 +367,13 @@ def prune_checkpoint(out: Path) -> None:
 # ---- CLI ---------------------------------------------------------------------------------------------------------------
 
 
-def _report(spec: dict[str, Any], scale: str, uri: str, figure: Path | None) -> None:
-    """The Fig. 3 table beside the paper (reports.tables fig3) and the figure, for the fig3 walk."""
+def report_commands(spec: dict[str, Any], scale: str, uri: str) -> list[str]:
+    """The commands that print and plot a fig3 sweep beside the paper (ablations imports nothing from reports)."""
     if spec.get("walk") != "fig3":
-        return
-    from reports import tables
-
-    body, notes = tables.render(tables.fig3_table(tracking_uri=uri, scale=scale), "md")
-    print(body + ("\n\n" + notes if notes else ""))
-    if figure is not None:
-        try:
-            from reports.figures import fig3_from_mlflow
-
-            print(f"figure: {fig3_from_mlflow(figure, uri, scale)}")
-        except Exception as error:  # noqa: BLE001 - the figure is a convenience; the table above is the record
-            print(f"figure not written: {type(error).__name__}: {error}", file=sys.stderr)
+        return []
+    where = f"--scale {scale} --tracking-uri {uri}"
+    return [f"python -m reports.tables fig3 {where}",
+            f"python -m reports.figures fig3 --from-mlflow {where} --out reports/figures/fig3_sweep.png"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,7 +388,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-cache", default=str(DEFAULT_PROFILE_CACHE))
     parser.add_argument("--tracking-uri", default=None, help=f"default $MLFLOW_TRACKING_URI or "
                                                              f"{tracking.DEFAULT_TRACKING_URI}")
-    parser.add_argument("--figure", default="reports/figures/fig3_sweep.png", help="Fig. 3 PNG ('' = none)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--prune-checkpoints", action="store_true",
                         help="after a trial is logged FINISHED, delete its optimizer state and raw weights, keeping "
@@ -472,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in summaries:
         if s["status"] == "failed":
             print(f"[sweep] FAILED {s['step']} seed {s['seed']}: {s['error']}", file=sys.stderr)
-    _report(spec, args.scale, uri, Path(args.figure) if args.figure else None)
+    for command in report_commands(spec, args.scale, uri):
+        print(f"[sweep] report: {command}", file=sys.stderr)
     return 1 if counts["failed"] else 0
 
 

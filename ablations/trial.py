@@ -1,8 +1,8 @@
 """One ablation trial as a plain function of a config dict: train -> evaluate -> profile (STYLE.md 11).
 
-`run_trial(trial)` knows nothing of Ray and touches MLflow only through `ablations.tracking.LiveRun`: with
+`run_trial(trial)` knows nothing of Ray and touches MLflow only through `snapgen.tracking.LiveRun`: with
 `_tracking_uri` set (what the sweep does) the trial's run is logged live, while it trains; without it (`--no-tracking`)
-it returns the metrics, per-step history, tags, params and artifact paths that `ablations.tracking.log_trial` writes
+it returns the metrics, per-step history, tags, params and artifact paths that `snapgen.tracking.log_trial` writes
 later (`python -m ablations.sweep ingest`). The trial dict (built by `ablations.sweep.plan`):
 
     sweep, experiment, walk, step, parent, delta   where the trial comes from (run name = step)
@@ -183,7 +183,7 @@ def trial_params(trial: dict[str, Any], cfg) -> dict[str, Any]:
 def live_run(trial: dict[str, Any], cfg):
     """The trial's `tracking.LiveRun` (MLflow store `trial['_tracking_uri']`, nested under `trial['_parent_run_id']`):
     RUNNING from the first training step; `device` and `latency_backend` are 'pending' until profiling sets them."""
-    from ablations import tracking
+    from snapgen import tracking
 
     tags = {**trial_tags(trial), "git_sha": tracking.git_sha(), "device": "pending", "latency_backend": "pending"}
     return tracking.LiveRun(trial["experiment"], trial["step"], tags=tags, params=trial_params(trial, cfg),

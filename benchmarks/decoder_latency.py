@@ -20,24 +20,22 @@ from pathlib import Path
 import torch
 
 from snapgen import profile, weights
-from snapgen.models.autoencoders import build_baseline_decoder, load_sd3_decoder
-from snapgen.models.decoder import build_decoder
-from snapgen.models.taesd import TAESDDecoder, load_taesd, taesd_config
+from snapgen.models.autoencoders import load_sd3_decoder
+from snapgen.models.taesd import TAESDDecoder, load_taesd
 
 
 def build_decoders(arch: str) -> list[tuple[str, torch.nn.Module, str]]:
-    """(name, module taking a (B, 16, h, w) latent, weights label) for ours, TAESD3 and SD3."""
-    from diffusers import AutoencoderTiny
-
-    decoders = [(f"ours ({arch})", build_decoder(arch), "random init (latency only)")]
+    """(name, module taking a (B, 16, h, w) latent, weights label) for ours, TAESD3 and SD3: the peers' real weights
+    where `snapgen.weights` finds them, else `snapgen.profile.build_decoder_by_name`'s random init, as for ours."""
+    decoders = [(f"ours ({arch})", profile.build_decoder_by_name(arch), "random init (latency only)")]
     try:
         decoders.append(("taesd3", TAESDDecoder(load_taesd("taesd3", parts=("decoder",))), "taesd3_decoder"))
     except weights.WeightsNotFoundError:
-        decoders.append(("taesd3", TAESDDecoder(AutoencoderTiny(**taesd_config(16))), "random init"))
+        decoders.append(("taesd3", profile.build_decoder_by_name("taesd3"), "random init"))
     try:
         decoders.append(("sd3", load_sd3_decoder(), "sd3_vae"))
     except (weights.WeightsNotFoundError, OSError):
-        decoders.append(("sd3", build_baseline_decoder("sd3"), "random init"))
+        decoders.append(("sd3", profile.build_decoder_by_name("sd3"), "random init"))
     return decoders
 
 
@@ -46,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--latent", type=int, default=None, help="latent side (default 128 on CUDA, 32 on CPU)")
     p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 1 4 on CUDA, 1 on CPU)")
-    p.add_argument("--arch", default="tiny", help="our decoder arch (snapgen.models.decoder registry)")
+    p.add_argument("--arch", default="tiny", type=profile.decoder_arch_arg,
+                   help="our decoder arch: any name of `snapgen.profile.decoder_names` (tiny, tiny+no_gn, ...)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=None, help="timed calls (default 20 on CUDA, 3 on CPU)")
     p.add_argument("--skip", nargs="*", default=[], help="decoders to leave out (ours, taesd3, sd3)")

@@ -314,7 +314,7 @@ def log_metrics(name: str, benchmark: str, metrics: dict[str, float], *, judge: 
     Tags: `judge` (every benchmark's judge so far, `benchmark: model; ...`), `judge_<benchmark>`, `weights`
     (real | tiny-random), `checkpoint`, `git_sha`, `generation_<benchmark>` (the settings, JSON).
     """
-    from ablations.tracking import client, experiment_id, git_sha
+    from snapgen.tracking import client, experiment_id, git_sha
 
     c = client(uri)
     exp_id = experiment_id(c, EXPERIMENT)

@@ -2,8 +2,8 @@
 
 Runs GenEval, DPG-Bench, CLIP score and ImageReward on each checkpoint (each logs into MLflow `t2i-evals`, run name =
 the checkpoint's name), skipping a benchmark with a clear message where its judge weights or its user-supplied file
-(`--csv` for DPG-Bench, `--captions` for CLIP score) are missing; then prints what was measured and Table 3 as
-`python -m reports.tables table3` builds it (which shows the run named `snapgen-t2i`).
+(`--csv` for DPG-Bench, `--captions` for CLIP score) are missing; then prints what was measured. Table 3 itself is
+`python -m reports.tables table3` (which shows the run named `snapgen-t2i`); `make table3 CKPTS=...` runs both.
 """
 
 from __future__ import annotations
@@ -80,11 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, row in measured.items():
         cells = [f"{row[b]:.4g}" if isinstance(row[b], float) else str(row[b]) for b in args.only]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    if not args.no_mlflow:
-        from reports import tables
-
-        print()
-        tables.main(["table3"])
+    if not args.no_mlflow:  # Table 3 is built by reports, a layer above evals (`make table3` runs both)
+        print("\nTable 3 with these runs: python -m reports.tables table3")
     return measured
 
 

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
-from reports.paper import FIG3_STEPS  # noqa: E402
+from snapgen.paper import FIG3_STEPS  # noqa: E402
 
 DEFAULT_FIG3_OUT = Path("reports/figures/fig3.png")
 EXPERIMENT_UNET_ABLATION = "unet-ablation"  # ARCHITECTURE.md MLflow schema
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--from-mlflow", action="store_true",
                         help="params/GFLOPs too from the sweep's MLflow runs (ablations.sweep unet), no profiling")
+    parser.add_argument("--scale", default=None, help="with --from-mlflow: the sweep scale (default: the newest run's)")
     parser.add_argument("--out", type=Path, default=None, help=f"PNG (default {DEFAULT_FIG3_OUT}, fig6.png beside it)")
     args = parser.parse_args(argv)
     if args.figure == "fewstep":
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out = args.out or DEFAULT_FIG3_OUT
     if args.from_mlflow:
-        print(fig3_from_mlflow(args.out, args.tracking_uri))
+        print(fig3_from_mlflow(args.out, args.tracking_uri, args.scale))
         return 0
     if args.from_json:
         data = json.loads(args.from_json.read_text())

@@ -66,7 +66,7 @@ def decoder_records(evals: list[Path], latency: Path | None) -> dict[str, dict]:
 
 def ingest_decoder(evals: list[Path], latency: Path | None, tracking_uri: str | None = None) -> list[tuple[str, bool]]:
     """Log `decoder_records` to MLflow. Returns [(run name, logged now)]."""
-    from ablations.tracking import git_sha, log_trial
+    from snapgen.tracking import git_sha, log_trial
 
     inputs = [Path(p) for p in evals] + ([Path(latency)] if latency else [])
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in inputs)).hexdigest()[:16]

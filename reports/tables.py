@@ -1,6 +1,7 @@
 """The paper's tables with our numbers beside them.
 
     python -m reports.tables table1|table2|table3|kd [--format md|csv|tex] [--efficiency-only] [--tracking-uri URI]
+    python -m reports.tables fig3 [--scale smoke|small|paper] ...   (after `python -m ablations.sweep unet`)
 
 Each table is built by one function returning a `Table`: a pandas DataFrame with one row per model (the paper's
 rows, then ours) and a `source` column saying where each row's numbers come from, plus footnotes. Our rows come from
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +22,11 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from reports import paper
+from snapgen import paper, tracking
 
 MISSING = "—"
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"  # ARCHITECTURE.md: MLflow schema
 
-# MLflow schema (ARCHITECTURE.md). Kept here until ablations/tracking.py exists; then import from there.
+# The experiments read here (snapgen.tracking.EXPERIMENTS, ARCHITECTURE.md "MLflow schema").
 EXPERIMENT_IMAGENET = "imagenet"
 EXPERIMENT_DECODER = "decoder"
 EXPERIMENT_T2I = "t2i-evals"
@@ -78,16 +77,12 @@ class Table:
 # MLflow (read-only)
 
 
-def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
 def read_mlflow_runs(experiment: str, tracking_uri: str | None) -> tuple[dict[str, dict[str, float]], str | None]:
     """Latest metrics of each run name in `experiment`: ({run_name: {metric: value}}, why empty or None).
 
     A sqlite URI whose file does not exist is not created (MLflow would create it): we report it missing instead.
     """
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = tracking.tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///"):
         db_path = Path(uri.removeprefix("sqlite:///"))
         if not db_path.is_file():
@@ -176,22 +171,6 @@ def table1(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
     return table
 
 
-def _tiny_decoder_profile(latent: int) -> dict:
-    """Params / fvcore GFLOPs of our TinyDecoder (Sec. 3.2), when `snapgen.models.decoder` exists."""
-    import importlib
-
-    import torch
-
-    from snapgen import profile
-
-    module = importlib.import_module("snapgen.models.decoder")
-    decoder = module.TinyDecoder().eval()
-    channels = getattr(decoder, "latent_channels", None) or getattr(getattr(decoder, "config", None),
-                                                                      "latent_channels", 16)
-    flops = profile.count_flops(decoder, (torch.randn(1, channels, latent, latent),))
-    return {"params_m": profile.count_params(decoder) / 1e6, "gflops": flops["gflops_fvcore_default"]}
-
-
 def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Table:
     """Table 2 (decoders): the paper's rows and ours (SDXL / SD3 decoders as built here, our TinyDecoder)."""
     rows = []
@@ -207,7 +186,7 @@ def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
         {"decoder": "SDXL (ours, diffusers AutoencoderKL)", "ch": 4, "_arch": "sdxl", "_run": "sdxl"},
         {"decoder": "SD3 (ours, diffusers AutoencoderKL)", "ch": 16, "_arch": "sd3", "_run": "sd3"},
         {"decoder": "TAESD3 (peer, madebyollin weights)", "ch": 16, "_arch": "taesd3", "_run": "taesd3"},
-        {"decoder": "Ours (TinyDecoder, this repo)", "ch": 16, "_arch": None, "_run": OURS_TINY_DECODER},
+        {"decoder": "Ours (TinyDecoder, this repo)", "ch": 16, "_arch": OURS_TINY_DECODER, "_run": OURS_TINY_DECODER},
     ]
     cache: dict = {}
     for ours in ours_rows:
@@ -216,20 +195,13 @@ def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
         if efficiency_only:
             from snapgen import profile
 
-            if arch is not None:
-                print(f"counting {arch} decoder FLOPs at {TABLE2_LATENT}x{TABLE2_LATENT} (minutes on CPU)...",
-                      file=sys.stderr)
-                result = _try(table, ours["decoder"], "params/FLOPs",
-                              lambda a=arch: profile.profile_decoder(a, TABLE2_LATENT))
-                if result is not None:
-                    ours.update(params_m=result["params_m"], gflops=result["gflops_fvcore_default"])
-            else:
-                result = _try(table, ours["decoder"], "TinyDecoder (snapgen.models.decoder)",
-                              lambda: _tiny_decoder_profile(TABLE2_LATENT))
-                if result is not None:
-                    ours.update(result)
+            print(f"counting {arch} decoder FLOPs at {TABLE2_LATENT}x{TABLE2_LATENT} (SDXL / SD3: minutes on CPU)...",
+                  file=sys.stderr)
+            result = _try(table, ours["decoder"], "params/FLOPs",
+                          lambda a=arch: profile.profile_decoder(a, TABLE2_LATENT))
             if result is not None:
-                ours["source"] = f"ours: snapgen.profile, fvcore default, {TABLE2_LATENT}x{TABLE2_LATENT} latent"
+                ours.update(params_m=result["params_m"], gflops=result["gflops_fvcore_default"],
+                            source=f"ours: snapgen.profile, fvcore default, {TABLE2_LATENT}x{TABLE2_LATENT} latent")
             _efficiency_only_note(table, ours["decoder"], ["psnr", "latency_ms"])
         else:
             run = _fill_from_mlflow(table, ours, EXPERIMENT_DECODER, run_name,
@@ -310,7 +282,7 @@ def walk_rows_from_mlflow(walk: str = "fig3", scale: str | None = None, tracking
     """
     from snapgen.registry import walk as registry_walk
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = tracking.tracking_uri(tracking_uri)
     steps = registry_walk(walk)
     empty = [{"step": s.name, "parent": s.parent, "delta": s.delta} for s in steps]
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -449,10 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--efficiency-only", action="store_true",
                         help="measure params/FLOPs now instead of reading MLflow; quality columns stay missing")
     parser.add_argument("--tracking-uri", default=None,
-                        help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
+                        help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {tracking.DEFAULT_TRACKING_URI})")
+    parser.add_argument("--scale", default=None, help="fig3: the sweep scale to read (default: the newest run's)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = parser.parse_args(argv)
-    table = TABLES[args.table](efficiency_only=args.efficiency_only, tracking_uri=args.tracking_uri)
+    if args.scale is not None and args.table != "fig3":
+        parser.error("--scale applies to fig3 only")
+    scale = {"scale": args.scale} if args.table == "fig3" else {}
+    table = TABLES[args.table](efficiency_only=args.efficiency_only, tracking_uri=args.tracking_uri, **scale)
     body, notes = render(table, args.format)
     print(body)
     if notes:

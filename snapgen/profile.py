@@ -8,7 +8,7 @@ Conventions (as the paper, Sec. 3.1 / Fig. 3 / Tables 1-2):
 
 CLI:
     python -m snapgen.profile unet --arch snapgen-imagenet --latent 32 [--batch 1] [--latency] [--json]
-    python -m snapgen.profile decoder --arch sd3 --latent 128 [--json]
+    python -m snapgen.profile decoder --arch tiny|tiny+no_gn|taesd3|sd3|sdxl --latent 128 [--latency] [--json]
     python -m snapgen.profile walk fig3 --latent 128 [--json]
 """
 
@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -220,6 +221,22 @@ def measure_latency(
 # Profiles of the project's models (used by the CLI, reports.tables and reports.figures).
 
 
+def forward_latency(module: nn.Module, inputs: tuple | Mapping[str, Any], device: str = "cpu") -> dict[str, Any]:
+    """`measure_latency` (2 warm-up calls, 5 timed) of `module(*inputs)` or `module(**inputs)` under no_grad, with
+    module and tensor inputs moved to `device` first."""
+    module = module.to(device)
+    if isinstance(inputs, Mapping):
+        args, kwargs = (), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    else:
+        args, kwargs = tuple(v.to(device) for v in inputs), {}
+
+    def forward() -> None:
+        with torch.no_grad():
+            module(*args, **kwargs)
+
+    return measure_latency(forward, warmup=2, repeats=5, device=device)
+
+
 def profile_unet_config(cfg, latent: int, batch: int = 1, latency: bool = False, device: str = "cpu") -> dict:
     """Params and FLOPs (and optionally latency) of `EfficientUNet.from_unet_config(cfg)` at a latent x latent input."""
     from snapgen.models import EfficientUNet
@@ -237,14 +254,7 @@ def profile_unet_config(cfg, latent: int, batch: int = 1, latency: bool = False,
     if hasattr(cfg, "config_hash"):
         result["config_hash"] = cfg.config_hash()
     if latency:
-        net = net.to(device)
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-
-        def forward() -> None:
-            with torch.no_grad():
-                net(**inputs)
-
-        result["latency"] = measure_latency(forward, warmup=2, repeats=5, device=device)
+        result["latency"] = forward_latency(net, inputs, device)
     return result
 
 
@@ -255,30 +265,153 @@ def profile_unet(arch: str, latent: int, batch: int = 1, latency: bool = False, 
     return {"arch": arch, **profile_unet_config(resolve(arch), latent, batch, latency, device)}
 
 
-def profile_decoder(arch: str, latent: int) -> dict:
-    """Params and fvcore GFLOPs of a baseline decoder ('sd3' | 'sdxl' | 'taesd3', random init) decoding a
-    latent x latent latent."""
-    if arch == "taesd3":  # the peer: AutoencoderTiny's decoder in TAESD3's configuration
+# Decoders: every registered one by name (the CLI, benchmarks/decoder_latency.py, train_decoder eval, Table 2).
+
+# Below this side a decoder is counted at full size; above it, without attention, at this side and scaled (exact).
+DECODER_COUNT_SIDE = 16
+
+
+def decoder_names() -> list[str]:
+    """Every name `build_decoder_by_name` takes: the TinyDecoder registry (`tiny`, `tiny_<delta>`, and any of them as
+    `name+delta+...`), the TAESD peers and the SDXL / SD3 VAE decoders."""
+    from snapgen.models.autoencoders import BASELINE_VAE_CONFIGS
+    from snapgen.models.decoder import DECODER_ARCHS
+    from snapgen.models.taesd import TAESD_MODELS
+
+    return [*sorted(DECODER_ARCHS), *sorted(TAESD_MODELS), *sorted(BASELINE_VAE_CONFIGS)]
+
+
+def check_decoder_name(arch: str) -> str:
+    """`arch` when `build_decoder_by_name` takes it; else ValueError listing every valid name (and the deltas)."""
+    from snapgen.models.autoencoders import BASELINE_VAE_CONFIGS
+    from snapgen.models.decoder import DECODER_ARCHS, DECODER_DELTAS, decoder_config
+    from snapgen.models.taesd import TAESD_MODELS
+
+    if arch in TAESD_MODELS or arch in BASELINE_VAE_CONFIGS:
+        return arch
+    if arch.split("+")[0] not in DECODER_ARCHS:
+        raise ValueError(f"unknown decoder {arch!r}; valid: {', '.join(decoder_names())} (a TinyDecoder arch also "
+                         f"as name+delta+..., deltas: {', '.join(sorted(DECODER_DELTAS))})")
+    try:
+        decoder_config(arch)
+    except KeyError as error:  # an unknown delta: decoder_config's message lists the valid ones
+        raise ValueError(error.args[0]) from None
+    return arch
+
+
+def decoder_arch_arg(name: str) -> str:
+    """argparse `type` of a decoder name: an unknown one is a usage error listing the valid ones, not a traceback."""
+    try:
+        return check_decoder_name(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_decoder_by_name(arch: str) -> nn.Module:
+    """Any registered decoder (`decoder_names`), randomly initialised, in eval mode: latent -> RGB, f = 8.
+
+    TinyDecoder archs from `snapgen.models.decoder.decoder_config`, TAESD as diffusers' `DecoderTiny` in the
+    published configuration (`snapgen.models.taesd.taesd_config`, no weights needed), SDXL / SD3 from their official
+    VAE configs. Params, FLOPs and latency do not depend on the weights.
+
+    Raises:
+        ValueError: `arch` names no decoder (`check_decoder_name`).
+    """
+    from snapgen.models.autoencoders import BASELINE_VAE_CONFIGS, build_baseline_decoder
+    from snapgen.models.decoder import TinyDecoder, decoder_config
+    from snapgen.models.taesd import TAESD_MODELS, TAESDDecoder, taesd_config
+
+    check_decoder_name(arch)
+    if arch in TAESD_MODELS:
         from diffusers import AutoencoderTiny
 
-        from snapgen.models.taesd import TAESDDecoder, taesd_config
+        return TAESDDecoder(AutoencoderTiny(**taesd_config(TAESD_MODELS[arch][0]))).eval()
+    if arch in BASELINE_VAE_CONFIGS:
+        return build_baseline_decoder(arch)
+    return TinyDecoder(**decoder_config(arch)).eval()
 
-        decoder = TAESDDecoder(AutoencoderTiny(**taesd_config(16)))
-    else:
-        from snapgen.models.autoencoders import build_baseline_decoder
 
-        decoder = build_baseline_decoder(arch)
-    flops = count_flops(decoder, (torch.randn(1, decoder.latent_channels, latent, latent),))
-    # Table 2 counts the decoder body (SDXL: 49,490,179); SDXL's 1x1 post_quant_conv (20 params) is listed apart.
-    body = count_params(decoder.decoder)
-    return {
+def _has_attention(module: nn.Module) -> bool:
+    from diffusers.models.attention_processor import Attention
+
+    return any(isinstance(m, (Attention, nn.MultiheadAttention)) for m in module.modules())
+
+
+def profile_decoder(arch: str, latent: int = 128, batch: int = 1, latency: bool = False,
+                    device: str = "cpu") -> dict:
+    """Params and fvcore GFLOPs (and optionally latency) of `build_decoder_by_name(arch)` decoding a latent x latent
+    latent.
+
+    Every op fvcore counts in these decoders (conv, linear, group_norm, upsample_nearest2d) is linear in the number of
+    pixels, so a decoder without attention is counted at `DECODER_COUNT_SIDE` and scaled by (latent / side)^2: exact,
+    and seconds instead of minutes on CPU. One with attention (SDXL, SD3, `tiny_mid_attention`) is counted at size.
+
+    Returns:
+        `dict(arch, params, params_m, params_post_quant_conv, latent, batch, gflops, gflops_fvcore_default,
+        gflops_attention, skipped_ops[, latency])`. `params` is the decoder body, as Table 2 counts it (SDXL:
+        49,490,179); SDXL's 1x1 `post_quant_conv` before it (20 params) is `params_post_quant_conv`, else 0.
+        Table 2's GFLOPs are `gflops_fvcore_default`.
+    """
+    decoder = build_decoder_by_name(arch)
+    side = latent if latent <= DECODER_COUNT_SIDE or _has_attention(decoder) else DECODER_COUNT_SIDE
+    flops = count_flops(decoder, (torch.randn(batch, decoder.latent_channels, side, side),))
+    scale = (latent / side) ** 2
+    post_quant_conv = getattr(decoder, "post_quant_conv", None)
+    pqc_params = count_params(post_quant_conv) if post_quant_conv is not None else 0
+    body = count_params(decoder) - pqc_params
+    result = {
         "arch": arch,
         "params": body,
         "params_m": body / 1e6,
-        "params_post_quant_conv": count_params(decoder) - body,
+        "params_post_quant_conv": pqc_params,
         "latent": latent,
-        **{k: flops[k] for k in ("gflops", "gflops_fvcore_default", "gflops_attention", "skipped_ops")},
+        "batch": batch,
+        **{k: flops[k] * scale for k in ("gflops", "gflops_fvcore_default", "gflops_attention")},
+        "skipped_ops": flops["skipped_ops"],
     }
+    if latency:
+        result["latency"] = forward_latency(decoder, (torch.randn(batch, decoder.latent_channels, latent, latent),),
+                                            device)
+    return result
+
+
+def read_eval(run_dir: str | Path) -> dict[str, Any] | None:
+    """`eval.json` written by `python -m snapgen.train_decoder eval` in a run dir (or None)."""
+    path = Path(run_dir) / "eval.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def table2_rows(run_dir: str | Path | None = None, arch: str = "tiny", latent: int = 128) -> list[dict[str, Any]]:
+    """Our Table 2 measurements: one row for our decoder, plus TAESD3 / SD3 rows where an eval measured them.
+
+    Args:
+        run_dir: a `train_decoder` run dir holding `eval.json` (PSNR/SSIM/LPIPS); None = efficiency only.
+        arch: the decoder arch to profile when the run dir records none.
+        latent: latent side for FLOPs (Table 2: 128).
+
+    Returns:
+        rows `dict(decoder, ch, params_m, gflops, psnr, ssim, lpips, eval_set, source)`; missing values are None.
+    """
+    from snapgen.models.decoder import LATENT_CHANNELS
+
+    evaluation = read_eval(run_dir) if run_dir is not None else None
+    if evaluation is not None:
+        arch = evaluation.get("arch", arch)
+    prof = profile_decoder(arch, latent)
+    rows = [{"decoder": f"Ours ({arch})", "ch": LATENT_CHANNELS, "params_m": prof["params_m"],
+             "gflops": prof["gflops_fvcore_default"], "psnr": None, "ssim": None, "lpips": None, "eval_set": None,
+             "source": f"snapgen.profile (fvcore default, {latent}x{latent} latent)"}]
+    if evaluation is not None:
+        for name, metrics in evaluation["decoders"].items():
+            row = rows[0] if name == "ours" else {
+                "decoder": name, "ch": LATENT_CHANNELS, "params_m": metrics.get("params_m"), "gflops": None,
+                "psnr": None, "ssim": None, "lpips": None, "eval_set": None, "source": "eval"}
+            row.update(psnr=metrics.get("psnr"), ssim=metrics.get("ssim"), lpips=metrics.get("lpips"),
+                       eval_set=evaluation.get("eval_set"))
+            row["source"] += f"; quality from {Path(run_dir) / 'eval.json'}"
+            if row is not rows[0]:
+                rows.append(row)
+    return rows
 
 
 def _delta_pct(value: float, parent_value: float) -> float:
@@ -299,9 +432,8 @@ def profile_walk(name: str, latent: int, profile_fn: Callable[[Any, int], dict] 
         paper_d_params_pct, paper_d_gflops_pct (None where the paper gives none), check ('PASS' | 'FAIL' | '-')
         and check_detail.
     """
+    from snapgen.paper import FIG3_STEPS
     from snapgen.registry import walk
-
-    from reports.paper import FIG3_STEPS
 
     profile_fn = profile_fn or (lambda cfg, n: profile_unet_config(cfg, n))
     rows: dict[str, dict] = {}
@@ -422,9 +554,13 @@ def main(argv: list[str] | None = None) -> int:
     unet.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     unet.add_argument("--json", action="store_true", help="print JSON only")
 
-    decoder = sub.add_parser("decoder", help="params / FLOPs of a baseline VAE decoder")
-    decoder.add_argument("--arch", required=True, choices=["sd3", "sdxl"])
+    decoder = sub.add_parser("decoder", help="params / FLOPs / latency of any registered decoder")
+    decoder.add_argument("--arch", required=True, type=decoder_arch_arg,
+                         help=f"{', '.join(decoder_names())}, or a TinyDecoder arch as name+delta+... (tiny+no_gn)")
     decoder.add_argument("--latent", type=int, default=128)
+    decoder.add_argument("--batch", type=int, default=1)
+    decoder.add_argument("--latency", action="store_true", help="also time forward passes on this machine")
+    decoder.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     decoder.add_argument("--json", action="store_true")
 
     walk_parser = sub.add_parser("walk", help="profile a registry walk against the paper's deltas")
@@ -442,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "unet":
             result = profile_unet(args.arch, args.latent, args.batch, args.latency, args.device)
         else:
-            result = profile_decoder(args.arch, args.latent)
+            result = profile_decoder(args.arch, args.latent, args.batch, args.latency, args.device)
         if args.json:
             print(json.dumps(result, indent=2))
         else:

@@ -462,8 +462,7 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
     Returns:
         `dict(arch, eval_set, encoder, decoders={name: metrics}, notes)`.
     """
-    from . import profile
-    from .models.decoder import profile_decoder_arch
+    from . import profile, tracking
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dec_dir = decoder_dir(ckpt)
@@ -493,20 +492,16 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
         results[name] = {**reconstruction_metrics(torch.cat(parts), x, lpips_model.cpu() if lpips_model is not None else None),
                          "params_m": profile.count_params(decoders[name]) / 1e6}
     if arch != "custom":
-        results["ours"]["gflops"] = profile_decoder_arch(arch, 128)["gflops"]
+        results["ours"]["gflops"] = profile.profile_decoder(arch, 128)["gflops_fvcore_default"]
     report = {"arch": arch, "decoder_dir": str(dec_dir), "eval_set": eval_set, "encoder": encoder,
               "resolution": resolution, "decoders": results, "notes": notes}
     target = Path(out) if out else (run_dir or dec_dir)
     target.mkdir(parents=True, exist_ok=True)
     (target / "eval.json").write_text(json.dumps(report, indent=2))
     if log_mlflow:
-        import mlflow
-
-        mlflow.set_experiment("decoder")
         for name, metrics in results.items():
-            with mlflow.start_run(run_name=arch if name == "ours" else name):
-                mlflow.set_tags({"eval_set": eval_set, "encoder": encoder, "decoder_dir": str(dec_dir)})
-                mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+            tracking.log_eval_run("decoder", arch if name == "ours" else name, metrics=metrics,
+                                  tags={"eval_set": eval_set, "encoder": encoder, "decoder_dir": str(dec_dir)})
     return report
 
 

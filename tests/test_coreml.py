@@ -33,3 +33,15 @@ def test_tiny_unet_and_decoder_convert(tmp_path):
         assert coreml.benchmark(tmp_path / "unet.mlpackage", {})["available"] is False
     else:  # macOS: the numerical check ran (fp16 compute)
         assert report["packages"]["unet"]["max_abs_err_vs_torch"] < 0.1
+
+
+def test_latencies_logged_through_the_tracking_adapter(mlflow_uri):
+    from snapgen import tracking
+
+    report = {"device": "Mac15,3", "latent": 128, "precision": "fp16", "packages": {
+        "unet": {"benchmark": {"available": True, "latency_ms_CPU_AND_NE": 120.5}},
+        "decoder": {"benchmark": None}}}
+    run_id = coreml.log_to_mlflow(report)
+    run = tracking.client(mlflow_uri).get_run(run_id)
+    assert run.info.run_name == "coreml" and run.data.metrics == {"coreml_unet_latency_ms_CPU_AND_NE": 120.5}
+    assert run.data.tags["latency_backend"] == "coreml" and run.data.params == {"latent": "128", "precision": "fp16"}

@@ -11,10 +11,8 @@ from snapgen.models.decoder import (
     analytic_cost,
     build_decoder,
     decoder_config,
-    profile_decoder_arch,
-    table2_rows,
 )
-from snapgen.profile import count_flops, count_params
+from snapgen.profile import count_flops, count_params, profile_decoder, table2_rows
 
 
 def test_params_and_flops_hit_table2():
@@ -94,4 +92,4 @@ def test_table2_rows_efficiency_only():
     assert rows[0]["params_m"] == pytest.approx(1.381443)
     assert rows[0]["gflops"] == pytest.approx(222.29, abs=0.01)
     assert rows[0]["psnr"] is None
-    assert profile_decoder_arch("tiny", latent=32)["gflops"] == pytest.approx(222.29 / 16, abs=0.01)
+    assert profile_decoder("tiny", latent=32)["gflops_fvcore_default"] == pytest.approx(222.29 / 16, abs=0.01)

@@ -1,4 +1,4 @@
-"""ablations.tracking live path: LiveRun driven by a fake training loop, kills and reruns, nested sweep runs, and the
+"""snapgen.tracking live path: LiveRun driven by a fake training loop, kills and reruns, nested sweep runs, and the
 first use of a fresh sqlite store by two processes at once (issue 13)."""
 
 import json
@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 
-try:  # the adapter moves to snapgen/tracking.py (branch layering); this file runs on either side of that merge
-    from snapgen import tracking
-except ImportError:
-    from ablations import tracking
+from snapgen import tracking
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TAGS = {"step": "a_baseline", "scale": "smoke", "git_sha": "abc", "config_hash": "live1", "device": "cpu",
@@ -229,10 +226,7 @@ FIRST_USE = textwrap.dedent("""
     from pathlib import Path
     uri, me, other = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     import mlflow.store.tracking.sqlalchemy_store  # the slow imports first, so both processes reach the store at once
-    try:
-        from snapgen import tracking
-    except ImportError:
-        from ablations import tracking
+    from snapgen import tracking
     me.touch()
     deadline = time.time() + 120
     while not other.exists() and time.time() < deadline:

@@ -210,3 +210,16 @@ def test_cli_unet_json_parses(monkeypatch, capsys):
     assert data["params"] == 4 * 4 * 9 + 4
     assert data["gflops"] * 1e9 == pytest.approx(2 * 4 * 8 * 8 * 4 * 9)
     assert data["latency"]["backend"] == "torch-cpu"
+
+
+def test_forward_latency_tuple_and_dict_inputs():
+    conv = nn.Conv2d(2, 2, 1)
+    for inputs in ((torch.randn(1, 2, 4, 4),), {"input": torch.randn(1, 2, 4, 4)}):
+        result = profile.forward_latency(conv, inputs, "cpu")
+        assert result["repeats"] == 5 and result["backend"] == "torch-cpu" and result["median_ms"] > 0
+
+
+def test_cli_decoder_text_with_latency(capsys):
+    assert profile.main(["decoder", "--arch", "tiny+no_gn", "--latent", "8", "--latency", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny+no_gn" in out and "GFLOPs (fvcore default)" in out and "torch-cpu" in out

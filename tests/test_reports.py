@@ -1,4 +1,4 @@
-"""reports: paper values as data, tables (md/csv/tex, missing values marked), the Fig. 3 figure."""
+"""reports: tables (md/csv/tex, missing values marked), the Fig. 3 figure; the paper's values as data (snapgen.paper)."""
 
 import io
 import json
@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from reports import figures, paper, tables
-from snapgen import profile
+from reports import figures, tables
+from snapgen import paper, profile
 
 
 def test_paper_fig3_keys_are_walk_steps():
@@ -84,16 +84,32 @@ def test_table1_efficiency_only_uses_profile(monkeypatch):
     assert "fid not read (--efficiency-only" in notes
 
 
-def test_table2_efficiency_only_marks_tiny_decoder(monkeypatch):
-    monkeypatch.setattr(profile, "profile_decoder", lambda arch, latent: {"params_m": 49.0, "gflops_fvcore_default": 4970.0})
-    monkeypatch.setattr(tables, "_tiny_decoder_profile", lambda latent: (_ for _ in ()).throw(ModuleNotFoundError("No module named 'snapgen.models.decoder'")))
+def test_table2_efficiency_only_profiles_every_decoder_and_marks_a_failure(monkeypatch):
+    calls = []
+
+    def fake_profile_decoder(arch, latent):
+        calls.append((arch, latent))
+        if arch == "tiny":
+            raise RuntimeError("fvcore could not trace it")
+        return {"params_m": 49.0, "gflops_fvcore_default": 4970.0}
+
+    monkeypatch.setattr(profile, "profile_decoder", fake_profile_decoder)
     table = tables.table2(efficiency_only=True)
+    assert calls == [("sdxl", 128), ("sd3", 128), ("taesd3", 128), ("tiny", 128)]  # one profiler for all
     ours = table.frame[table.frame["decoder"].str.contains("ours|this repo")]
     assert list(ours["gflops"].iloc[:2]) == [4970.0, 4970.0]
     assert pd.isna(ours["gflops"].iloc[2])
     body, notes = tables.render(table, "md")
-    assert "TinyDecoder (snapgen.models.decoder) unavailable" in notes
+    assert "params/FLOPs unavailable: RuntimeError: fvcore could not trace it" in notes
     assert "ANE OOM, GPU 9469" in body
+
+
+def test_tables_cli_scale_is_for_fig3_only(capsys, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'absent.db'}"
+    assert tables.main(["fig3", "--scale", "small", "--tracking-uri", uri]) == 0
+    assert "no MLflow database" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tables.main(["table1", "--scale", "small"])
 
 
 def test_tables_cli_csv(capsys, tmp_path):

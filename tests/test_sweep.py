@@ -8,8 +8,9 @@ training (their fresh MLflow stores then get the history by the live run's backf
 import pytest
 import yaml
 
-from ablations import sweep, tracking
+from ablations import sweep
 from ablations.trial import trial_hash
+from snapgen import tracking
 
 TINY_SPEC = {
     "sweep": "unet", "experiment": "unet-ablation", "walk": "fig3", "steps": ["a_baseline", "b_no_sa_high_res"],

@@ -1,4 +1,4 @@
-"""ablations.tracking: the MLflow schema adapter (idempotent logging, failed runs) and the MLflow UI/REST API."""
+"""snapgen.tracking: the MLflow schema adapter (idempotent logging, failed runs) and the MLflow UI/REST API."""
 
 import json
 import socket
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ablations import tracking
+from snapgen import tracking
 
 TAGS = {"step": "a_baseline", "scale": "smoke", "git_sha": "abc", "config_hash": "h1", "device": "cpu",
         "latency_backend": "torch-cpu"}
@@ -61,6 +61,21 @@ def test_schema_errors(mlflow_uri):
                            params={}, metrics={})
     with pytest.raises(ValueError, match="unet-ablation"):
         tracking.experiment_id(tracking.client(mlflow_uri), "no-such-experiment")
+
+
+def test_log_eval_run_is_a_new_run_each_time(mlflow_uri, tmp_path):
+    artifact = tmp_path / "eval.json"
+    artifact.write_text("{}")
+    first = tracking.log_eval_run("decoder", "tiny", tags={"eval_set": "cifar"}, params={"latent": 128},
+                                  metrics={"psnr": 25.0, "lpips": None}, artifacts=[artifact, tmp_path / "absent"])
+    second = tracking.log_eval_run("decoder", "tiny", tags={}, metrics={"psnr": 26.0})
+    runs = {r.info.run_id: r for r in _runs(mlflow_uri, "decoder")}
+    assert set(runs) == {first, second} and all(r.info.status == "FINISHED" for r in runs.values())
+    assert runs[first].data.metrics == {"psnr": 25.0} and runs[first].data.params == {"latent": "128"}
+    assert runs[first].data.tags["eval_set"] == "cifar" and runs[second].data.metrics == {"psnr": 26.0}
+    assert [a.path for a in tracking.client(mlflow_uri).list_artifacts(first)] == ["eval.json"]
+    with pytest.raises(ValueError, match="unknown experiment"):
+        tracking.log_eval_run("decoders", "tiny", tags={}, metrics={})
 
 
 def test_uri_default_and_absolute(monkeypatch, tmp_path):

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import snapgen.train_decoder as td
-from snapgen.models.decoder import TinyDecoder, table2_rows
+from snapgen import tracking
+from snapgen.models.decoder import TinyDecoder
+from snapgen.profile import table2_rows
 from snapgen.runs import read_metrics
 
 # The real `tiny` decoder on CIFAR-10 upsampled to 32x32 (4x4 latents): seconds on CPU.
@@ -71,10 +73,10 @@ def test_time_budget_stops_early_and_a_rerun_without_it_resumes(tmp_path):
     assert td.train(cfg, tmp_path / "run", progress=False)["step"] == 3  # same run: the budget is not hashed
 
 
-def test_eval_writes_json_and_table2_rows(tmp_path):
+def test_eval_writes_json_and_table2_rows(tmp_path, mlflow_uri):
     run = tmp_path / "run"
     td.train(td.make_config("smoke", **TINY_RUN), run, progress=False)
-    report = td.evaluate(run, resolution=32, limit=2, batch_size=2)
+    report = td.evaluate(run, resolution=32, limit=2, batch_size=2, log_mlflow=True)
     assert set(report["decoders"]) >= {"ours", "taesd3"}
     assert "CIFAR-10 test" in report["eval_set"]
     assert report["decoders"]["taesd3"]["psnr"] > 20  # 32x32 images (4x4 latents): about 25 dB
@@ -84,6 +86,13 @@ def test_eval_writes_json_and_table2_rows(tmp_path):
     rows = table2_rows(run)
     assert rows[0]["psnr"] == pytest.approx(report["decoders"]["ours"]["psnr"])
     assert any(r["decoder"] == "taesd3" for r in rows)
+    # one run per decoder in the experiment `decoder`, through the tracking adapter (the schema reports.tables reads)
+    c = tracking.client(mlflow_uri)
+    runs = {r.info.run_name: r for r in c.search_runs([c.get_experiment_by_name("decoder").experiment_id])}
+    assert set(runs) == {"tiny", *(set(report["decoders"]) - {"ours"})}
+    assert runs["tiny"].data.metrics["psnr"] == pytest.approx(report["decoders"]["ours"]["psnr"])
+    assert runs["tiny"].data.metrics["gflops"] == pytest.approx(222.29, abs=0.01)
+    assert runs["taesd3"].data.tags["encoder"] == "taesd3" and runs["taesd3"].info.status == "FINISHED"
 
 
 def test_lpips_backbone_from_weights_dir(tmp_path, monkeypatch):

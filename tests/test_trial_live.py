@@ -189,7 +189,7 @@ KILLED_TRIAL = textwrap.dedent("""
     import json, os, signal, sys
 
     import snapgen.train
-    from ablations import tracking
+    from snapgen import tracking
     from ablations.trial import run_trial
 
     tracking.LiveRun.FLUSH_EVERY_S = float(sys.argv[2])

@@ -199,18 +199,15 @@ def export(ckpt_or_parts, out: str | Path, latent: int = 128, batch: int = 1, te
     return report
 
 
-def log_to_mlflow(report: dict[str, Any], run_name: str = "coreml") -> None:
-    """Latencies (when measured) as metrics `coreml_<part>_latency_ms_<UNIT>`, tagged with the device."""
-    import mlflow
+def log_to_mlflow(report: dict[str, Any], run_name: str = "coreml") -> str:
+    """Latencies (when measured) as metrics `coreml_<part>_latency_ms_<UNIT>` of a `t2i-evals` run tagged with the
+    device; returns the run id."""
+    from ..tracking import log_eval_run
 
-    mlflow.set_experiment("t2i-evals")
-    with mlflow.start_run(run_name=run_name):
-        mlflow.set_tags({"device": report["device"], "latency_backend": "coreml"})
-        mlflow.log_params({"latent": report["latent"], "precision": report["precision"]})
-        for part, entry in report["packages"].items():
-            for key, value in (entry.get("benchmark") or {}).items():
-                if key.startswith("latency_ms_"):
-                    mlflow.log_metric(f"coreml_{part}_{key}", value)
+    metrics = {f"coreml_{part}_{key}": value for part, entry in report["packages"].items()
+               for key, value in (entry.get("benchmark") or {}).items() if key.startswith("latency_ms_")}
+    return log_eval_run("t2i-evals", run_name, tags={"device": report["device"], "latency_backend": "coreml"},
+                        metrics=metrics, params={"latent": report["latent"], "precision": report["precision"]})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The tiny decoder of Sec. 3.2 (Fig. 4 (b), Table 2), its architecture registry, and our Table 2 row.
+"""The tiny decoder of Sec. 3.2 (Fig. 4 (b), Table 2) and its architecture registry (profiled by `snapgen.profile`).
 
 `TinyDecoder` maps a 16-channel SD3 latent (f = 8) to RGB, built by the paper's five rules applied to the SD3 decoder
 (`snapgen.models.autoencoders.SD3_VAE_CONFIG`: widths 512/512/256/128 from the 128x128 stage up to the 1024x1024
@@ -14,9 +14,9 @@ where the width changes):
 5. no conv shortcut in residual blocks (they never change width); the upsampler (nearest x2 then a dense 3x3 conv)
    changes the width from one stage to the next.
 
-Measured (`snapgen.profile`, fvcore as shipped = `gflops_fvcore_default`, the convention under which the SD3/SDXL
-decoders give Table 2's 4970 GFLOPs) for a 128x128 latent: **1,381,443 params (1.38M; paper 1.38M, +0.1%) and
-222.3 GFLOPs (paper 224, -0.8%)**.
+Measured (`python -m snapgen.profile decoder --arch tiny`; fvcore as shipped = `gflops_fvcore_default`, the
+convention under which the SD3/SDXL decoders give Table 2's 4970 GFLOPs) for a 128x128 latent: **1,381,443 params
+(1.38M; paper 1.38M, +0.1%) and 222.3 GFLOPs (paper 224, -0.8%)**.
 
 How the config was chosen (the search; `python -m snapgen.models.decoder search` reruns it). The space: four stages,
 widths c_i in multiples of 16 up to 512 and non-increasing towards high resolution; residual blocks per stage b_i in
@@ -50,7 +50,6 @@ import argparse
 import itertools
 import json
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -339,65 +338,6 @@ def build_decoder(arch: str = "tiny") -> TinyDecoder:
     return TinyDecoder(**decoder_config(arch))
 
 
-# ---- profiling and Table 2 -------------------------------------------------------------------------------------------
-
-
-def profile_decoder_arch(arch: str = "tiny", latent: int = 128) -> dict[str, Any]:
-    """Params and fvcore GFLOPs (default counting, as Table 2) of `arch` at a latent x latent latent.
-
-    Every op fvcore counts here is linear in the number of pixels, so without attention the count is taken at a
-    16x16 latent and scaled by (latent / 16)^2: exact, and seconds instead of a minute on CPU.
-    """
-    from snapgen import profile
-
-    decoder = build_decoder(arch).eval()
-    side = latent if decoder.config.mid_attention or latent <= 16 else 16
-    flops = profile.count_flops(decoder, (torch.randn(1, decoder.latent_channels, side, side),))
-    scale = (latent / side) ** 2
-    params = profile.count_params(decoder)
-    return {"arch": arch, "params": params, "params_m": params / 1e6, "latent": latent,
-            "gflops": flops["gflops_fvcore_default"] * scale,
-            "gflops_with_attention": flops["gflops"] * scale if side == latent else None,
-            "skipped_ops": flops["skipped_ops"]}
-
-
-def read_eval(run_dir: str | Path) -> dict[str, Any] | None:
-    """`eval.json` written by `python -m snapgen.train_decoder eval` in a run dir (or None)."""
-    path = Path(run_dir) / "eval.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def table2_rows(run_dir: str | Path | None = None, arch: str = "tiny", latent: int = 128) -> list[dict[str, Any]]:
-    """Our Table 2 measurements: one row for our decoder, plus TAESD3 / SD3 rows where an eval measured them.
-
-    Args:
-        run_dir: a `train_decoder` run dir holding `eval.json` (PSNR/SSIM/LPIPS); None = efficiency only.
-        arch: the decoder arch to profile when the run dir records none.
-        latent: latent side for FLOPs (Table 2: 128).
-
-    Returns:
-        rows `dict(decoder, ch, params_m, gflops, psnr, ssim, lpips, eval_set, source)`; missing values are None.
-    """
-    evaluation = read_eval(run_dir) if run_dir is not None else None
-    if evaluation is not None:
-        arch = evaluation.get("arch", arch)
-    prof = profile_decoder_arch(arch, latent)
-    rows = [{"decoder": f"Ours ({arch})", "ch": LATENT_CHANNELS, "params_m": prof["params_m"],
-             "gflops": prof["gflops"], "psnr": None, "ssim": None, "lpips": None, "eval_set": None,
-             "source": f"snapgen.profile (fvcore default, {latent}x{latent} latent)"}]
-    if evaluation is not None:
-        for name, metrics in evaluation["decoders"].items():
-            row = rows[0] if name == "ours" else {
-                "decoder": name, "ch": LATENT_CHANNELS, "params_m": metrics.get("params_m"), "gflops": None,
-                "psnr": None, "ssim": None, "lpips": None, "eval_set": None, "source": "eval"}
-            row.update(psnr=metrics.get("psnr"), ssim=metrics.get("ssim"), lpips=metrics.get("lpips"),
-                       eval_set=evaluation.get("eval_set"))
-            row["source"] += f"; quality from {Path(run_dir) / 'eval.json'}"
-            if row is not rows[0]:
-                rows.append(row)
-    return rows
-
-
 # ---- the design-space search (documented in the module docstring) -------------------------------------------------
 
 
@@ -433,19 +373,11 @@ def search_design_space(params_m: float = PAPER_PARAMS_M, gflops: float = PAPER_
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m snapgen.models.decoder", description=__doc__.split("\n")[0])
+    # params / GFLOPs of an arch: python -m snapgen.profile decoder --arch NAME (models import nothing from profile)
     sub = parser.add_subparsers(dest="command", required=True)
-    prof = sub.add_parser("profile", help="params / fvcore GFLOPs of decoder archs")
-    prof.add_argument("archs", nargs="*", default=sorted(DECODER_ARCHS))
-    prof.add_argument("--latent", type=int, default=128)
     search = sub.add_parser("search", help="the design-space search of the module docstring (several minutes on one core)")
     search.add_argument("--sd3-ratio-only", action="store_true", help="only widths (4w, 4w, 2w, w)")
     args = parser.parse_args(argv)
-    if args.command == "profile":
-        print(f"{'arch':28s} {'params':>11s} {'GFLOPs':>8s}  (fvcore default, {args.latent}x{args.latent} latent)")
-        for arch in args.archs:
-            r = profile_decoder_arch(arch, args.latent)
-            print(f"{arch:28s} {r['params']:>11,d} {r['gflops']:8.1f}")
-        return 0
     hits = search_design_space()
     if args.sd3_ratio_only:
         hits = [h for h in hits if h["block_out_channels"][0] == h["block_out_channels"][1]

@@ -160,6 +160,30 @@ def finished_hashes(experiment: str, uri: str | None = None) -> set[str]:
     return {r.data.tags["config_hash"] for r in runs if "config_hash" in r.data.tags}
 
 
+def log_eval_run(experiment: str, run_name: str, tags: dict[str, Any], metrics: dict[str, float | None],
+                 params: dict[str, Any] | None = None, artifacts: Iterable[str | Path] = (),
+                 uri: str | None = None) -> str:
+    """Log one result that is not a trial (a decoder eval, a Core ML benchmark) as a new FINISHED run; its run id.
+
+    No config hash, so no deduplication: every call is a run, and readers take the newest run of a name. Metrics
+    None are not logged, tags and params are cut as `log_trial` cuts them, missing artifact files are skipped. One
+    `log_batch`: such runs hold a handful of values, far below MLflow's per-call limits.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    c = client(uri)
+    run_id = c.create_run(experiment_id(c, experiment), run_name=run_name).info.run_id
+    now = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+                params=[Param(k, _param_value(v)) for k, v in (params or {}).items()],
+                tags=[RunTag(k, str(v)[:MAX_TAG_CHARS]) for k, v in tags.items()])
+    for path in artifacts:
+        if path and Path(path).is_file():
+            c.log_artifact(run_id, str(path))
+    c.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 def _param_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 20] + "...(cut; see config)"
@@ -576,4 +600,4 @@ def end_parent(run_id: str, status: str, metrics: dict[str, float | None] | None
 
 __all__ = ["DEFAULT_TRACKING_URI", "EXPERIMENTS", "REQUIRED_TAGS", "METRICS", "ERROR_TAG", "tracking_uri",
            "absolute_uri", "git_sha", "client", "experiment_id", "find_run", "finished_hashes", "log_trial",
-           "PARENT_TAG", "SWEEP_HASH_TAG", "AlreadyFinished", "LiveRun", "start_parent", "end_parent"]
+           "PARENT_TAG", "SWEEP_HASH_TAG", "AlreadyFinished", "LiveRun", "start_parent", "end_parent", "log_eval_run"]
