@@ -9,16 +9,18 @@ on every run and batch size. Several images are written as one grid (one row per
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .pipeline import DEFAULT_STEPS, images_to_grid, load_pipeline
+from .training.cli import run_cli
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m snapgen.generate", description=__doc__.split("\n")[0])
     p.add_argument("ckpt", help="saved pipeline directory or snapgen.train run directory")
     p.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
@@ -29,7 +31,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--encoders", default=None, help="comma-separated subset of the text stack's encoders")
     p.add_argument("--raw", action="store_true", help="run directories: the raw weights instead of the EMA")
     p.add_argument("--out", default="img.png")
+    p.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = p.parse_args(argv)
+    for name in ("steps", "n"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} {getattr(args, name)}: must be >= 1")
+    if args.size is not None and args.size < 1:
+        p.error(f"--size {args.size}: must be >= 1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = load_pipeline(args.ckpt, device=device, ema=not args.raw)
     use = tuple(args.encoders.split(",")) if args.encoders else None
@@ -40,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(images_to_grid(images, columns=args.n)).save(out)
     print(f"wrote {out}: {len(args.prompt)} prompt(s) x {args.n}, {args.steps} steps, seed {args.seed}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
