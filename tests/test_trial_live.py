@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablations import sweep, tracking
+from ablations import sweep
+from snapgen import tracking
 from ablations.trial import run_trial, trial_dir, trial_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
