@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -233,6 +234,40 @@ def _ray_trainable(config: dict[str, Any]) -> None:
     tune.report({k: ("" if v is None else v) for k, v in summary.items()})
 
 
+def watch_cluster(probe: Callable[[], bool], on_dead: Callable[[str], None], interval_s: float = 20.0,
+                  grace_s: float = 90.0, stop: "threading.Event | None" = None) -> None:
+    """Call `on_dead(message)` once `probe()` (is the Ray cluster alive?) has failed for `grace_s` seconds. A dead raylet
+    otherwise leaves Tune's driver waiting forever ("Cluster resources cannot be detected or are 0")."""
+    import threading
+
+    stop = stop or threading.Event()
+    dead_since = None
+    while not stop.wait(interval_s):
+        try:
+            alive = bool(probe())
+        except Exception:  # noqa: BLE001 - a GCS that does not answer is a dead cluster too
+            alive = False
+        if alive:
+            dead_since = None
+            continue
+        dead_since = dead_since if dead_since is not None else time.monotonic()
+        if time.monotonic() - dead_since >= grace_s:
+            on_dead(f"the Ray cluster has had no live node with CPUs for {grace_s:.0f} s (raylet dead?); stopping the "
+                    f"sweep. Finished trials are in MLflow; rerun the same command to run the rest.")
+            return
+
+
+def _ray_alive() -> bool:
+    import ray
+
+    return any(n.get("Alive") for n in ray.nodes()) and ray.cluster_resources().get("CPU", 0) > 0
+
+
+def _exit_dead_cluster(message: str) -> None:
+    print(f"[sweep] error: {message}", file=sys.stderr, flush=True)
+    os._exit(3)  # Tune's driver loop cannot be interrupted from another thread; the trials' own runs are already logged
+
+
 def run_ray(trials: list[dict[str, Any]], uri: str | None = None, storage: str | Path | None = None,
             name: str = "sweep") -> list[dict[str, Any]]:
     """The same trials as Ray Tune trials: one GPU each where GPUs exist, else one CPU, one at a time on CPU."""
@@ -264,7 +299,15 @@ def run_ray(trials: list[dict[str, Any]], uri: str | None = None, storage: str |
                                                                         DEFAULT_OUT_ROOT) / "_ray").resolve()),
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=0),
     )
-    grid = tuner.fit()
+    import threading
+
+    stop = threading.Event()
+    threading.Thread(target=watch_cluster, args=(_ray_alive, _exit_dead_cluster), kwargs={"stop": stop},
+                     daemon=True).start()
+    try:
+        grid = tuner.fit()
+    finally:
+        stop.set()
     summaries = []
     for result in grid:
         trial = result.config["trial"]
@@ -396,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override the scale's training options (part of each trial's identity)")
     parser.add_argument("--only", nargs="*", default=None, metavar="STEP", help="run only these steps/rows")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     parser.add_argument("--no-tracking", action="store_true",
                         help="no MLflow: write <trial dir>/trial_result.json; log them later with "
                              "`python -m ablations.sweep ingest DIR`")
@@ -409,13 +453,19 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = load_spec(args.spec or args.sweep)
     if args.set:
-        from snapgen.training.cli import parse_value  # moved there with the engine (was snapgen.train)
+        from snapgen.training.cli import parse_overrides
 
+        overrides = parse_overrides(args.set)
         for block in spec["scales"].values():
             if block is not None:
-                block["train"] = {**(block.get("train") or {}),
-                                  **{k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}}
+                block["train"] = {**(block.get("train") or {}), **overrides}
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: must be >= 1")
     trials = plan(spec, args.scale, args.seeds, args.out_root, args.profile_cache, progress=not args.no_progress)
+    from ablations.trial import train_config
+
+    for trial in trials:  # every trial's options are checked before the first trains (a bad --set fails here)
+        train_config(trial)
     if args.only is not None:
         unknown = sorted(set(args.only) - {t["step"] for t in trials})
         if unknown:
@@ -469,4 +519,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from snapgen.training.cli import run_cli
+
+    sys.exit(run_cli(main))

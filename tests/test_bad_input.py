@@ -219,3 +219,32 @@ def test_reports_tables_bad_arguments_one_line():
     result = _cli("-m", "reports.tables", "nosuch")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "nosuch" in result.stderr.strip().splitlines()[-1]
+
+
+def test_dead_ray_cluster_is_detected_and_reported():
+    """A raylet that dies must not leave the sweep's driver hanging: the watchdog reports it once the grace passes."""
+    from ablations.sweep import watch_cluster
+
+    probes, messages = iter([True, False, False, False, False]), []
+    watch_cluster(lambda: next(probes), messages.append, interval_s=0.01, grace_s=0.02)
+    assert len(messages) == 1 and "Ray cluster" in messages[0] and "rerun" in messages[0]
+    flaky = iter([False, True, False, True, False, False, False, False])
+    seen = []
+    watch_cluster(lambda: next(flaky), seen.append, interval_s=0.01, grace_s=0.025)
+    assert len(seen) == 1  # a probe that recovers resets the clock; it fires only after a full dead stretch
+
+    def broken():
+        raise ConnectionError("GCS unreachable")
+
+    seen.clear()
+    watch_cluster(broken, seen.append, interval_s=0.01, grace_s=0.0)
+    assert len(seen) == 1
+
+
+def test_sweep_checks_every_trials_options_up_front(mlflow_uri, capsys):
+    from ablations import sweep
+
+    with pytest.raises(KeyError, match="nosuch"):
+        sweep.main(["unet", "--set", "nosuch=1"])
+    with pytest.raises(ValueError, match="--seeds"):
+        sweep.main(["unet", "--seeds", "0", "--dry-run"])
