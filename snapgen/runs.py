@@ -121,6 +121,7 @@ def save_checkpoint(out: str | Path, models: dict[str, torch.nn.Module], state: 
     tmp, final, old = out / "checkpoint.tmp", out / CHECKPOINT_DIR, out / "checkpoint.old"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        tmp.mkdir(parents=True)
         for name, model in models.items():
             model.save_pretrained(tmp / name)
         torch.save(state, tmp / STATE_FILE)
