@@ -142,6 +142,12 @@ def coerce_option(name: str, value: Any, field: dataclasses.Field) -> Any:
     raise ValueError(f"{name}={value!r} is not a {kind.__name__} (default {default!r})")
 
 
+def public_config(config: Any) -> dict[str, Any]:
+    """A diffusers config without its private keys (`_name_or_path`, `_use_default_values`: a list built from a set,
+    whose order changes with PYTHONHASHSEED): what a model is, fit to hash."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
 def stable_hash(obj: Any, length: int = 12) -> str:
     """Hash of a JSON-able object that does not depend on key order (identifies runs and caches)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
@@ -168,4 +174,4 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
-__all__ = ["UNetConfig", "preset_config", "coerce_option", "stable_hash", "flatten", "save_yaml", "load_yaml"]
+__all__ = ["UNetConfig", "preset_config", "coerce_option", "public_config", "stable_hash", "flatten", "save_yaml", "load_yaml"]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import flow
+from .config import public_config
 
 RATIO_EPS = 1e-8  # guards |L_task| / |L_kd| when the student already matches the teacher
 LAMBDA_MAX = 4.0 / math.sqrt(2.0 * math.pi)  # max of the standard logit-normal density, at t = 1/2 (its mode)
@@ -347,7 +348,7 @@ def kd_loss_fn(row: Mapping[str, bool] | str, teacher=None, projector: FeaturePr
 
     loss_fn.extra_modules = {"projector": projector} if projector is not None else {}
     loss_fn.config = {"kd_row": row, "kd_weight": kd_weight, "featkd_weight": featkd_weight, "lambda_t": lambda_t,
-                      "teacher": dict(teacher.config) if teacher is not None else None}
+                      "teacher": public_config(teacher.config) if teacher is not None else None}
     loss_fn.flush_metrics = meter.flush
     loss_fn.projector = projector
     return loss_fn

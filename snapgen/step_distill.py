@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from . import flow, sampling
 from .conditioning import PromptConditioning, unet_fn
-from .config import preset_config
+from .config import preset_config, public_config
 from .distill import output_kd_loss, timestep_aware_scaling
 from .training import EngineOptions, Phase, Stage, fit
 from .training.cli import parse_overrides, print_options, run_cli
@@ -291,7 +291,7 @@ class StepDistillStage(Stage):
 
     def identity(self):
         return {"student": str(self.student_path.resolve()), "student_run_hash": self.student_run.config.get("run_hash"),
-                "teacher": dict(self.teacher.config)}
+                "teacher": public_config(self.teacher.config)}
 
     def run_config(self):
         # the student run's sampling facts (train, class_names, text_len), so `snapgen.sample OUT --steps 4` works

@@ -22,7 +22,7 @@ import torch
 
 from . import flow, runs, sampling
 from .conditioning import PromptConditioning, unet_fn
-from .config import UNetConfig, preset_config, stable_hash
+from .config import UNetConfig, preset_config, public_config
 from .models import EfficientUNet
 from .models.autoencoders import AUTOENCODERS
 from .registry import resolve, shrink
@@ -175,9 +175,7 @@ class UNetStage(Stage):
             EfficientUNet.from_unet_config(self.unet_cfg)
         if cfg.grad_checkpointing:
             self.net.enable_gradient_checkpointing()
-        # diffusers adds private keys (`_name_or_path`, ...) to a loaded model's config: not part of what it is.
-        self.net_config = {k: v for k, v in self.net.config.items() if not k.startswith("_")} \
-            if self.net_factory else self.unet_cfg.to_dict()
+        self.net_config = public_config(self.net.config) if self.net_factory else self.unet_cfg.to_dict()
 
     def modules(self):
         return {"unet": self.net, **self.extra_modules}
