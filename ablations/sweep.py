@@ -190,6 +190,7 @@ def run_and_log(trial: dict[str, Any], uri: str | None = None, trial_fn: Callabl
                                        error=error, uri=uri, parent_run_id=trial.get("_parent_run_id"))
         return {**summary, "status": "failed", "run_id": run_id, "error": error.splitlines()[0],
                 "seconds": time.time() - start}
+    summary["val_loss"] = (result.get("metrics") or {}).get("val_loss")
     if result.get("run_id"):  # tracked live: the trial's run is logged and FINISHED
         return {**summary, "status": "finished", "run_id": result["run_id"], "seconds": time.time() - start}
     tags = {**result["tags"], "git_sha": tracking.git_sha()}
@@ -215,16 +216,38 @@ def _gpu_count() -> int:
 
 def run_local(trials: list[dict[str, Any]], uri: str | None = None, trial_fn: Callable = run_trial,
               on_done: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
-    """Every trial in this process, in order. `on_done(summary)` after each (tests interrupt the sweep there)."""
-    summaries = []
-    for trial in trials:
+    """Every trial in this process, in order, with one line as each starts and ends (time, val loss, ETA).
+    `on_done(summary)` after each (tests interrupt the sweep there)."""
+    summaries, spent = [], []
+    for i, trial in enumerate(trials, 1):
+        label = f"[{i}/{len(trials)}] {trial['step']} (seed {trial['seed']})"
+        print(f"{label}: started", file=sys.stderr, flush=True)
         summary = run_and_log(trial, uri, trial_fn)
         summaries.append(summary)
-        print(f"[sweep] {summary['step']} seed {summary['seed']}: {summary['status']}"
-              + (f" ({summary['error']})" if summary["error"] else ""), file=sys.stderr)
+        print(f"{label}: {progress_line(summary, spent, len(trials) - i)}", file=sys.stderr, flush=True)
         if on_done is not None:
             on_done(summary)
     return summaries
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s" if seconds >= 60 else f"{seconds:.0f}s"
+
+
+def progress_line(summary: dict[str, Any], spent: list[float], remaining: int) -> str:
+    """`finished in 2m41s, val_loss 0.2552, ETA 14m20s` (ETA from the mean time of the trials that ran so far)."""
+    if summary["status"] == "skipped":
+        return "skipped (finished before)"
+    seconds = summary.get("seconds") or 0.0
+    spent.append(seconds)
+    text = f"{summary['status']} in {_minutes(seconds)}"
+    if summary.get("val_loss") is not None:
+        text += f", val_loss {summary['val_loss']:.4f}"
+    if summary.get("error"):
+        text += f" ({summary['error']})"
+    if remaining:
+        text += f", ETA {_minutes(remaining * sum(spent) / len(spent))}"
+    return text
 
 
 def _ray_trainable(config: dict[str, Any]) -> None:

@@ -169,3 +169,13 @@ def test_untracked_sweep_then_ingest_logs_each_trial_once(tmp_path, mlflow_uri):
         assert run.data.params["train.steps"] == "2" and "ingested_from" in run.data.tags
     sweep.main(["ingest", "--out-root", str(root), "--tracking-uri", mlflow_uri])
     assert len(_runs(mlflow_uri)) == 2
+
+
+def test_progress_line_says_time_loss_and_eta():
+    from ablations.sweep import progress_line
+
+    spent = []
+    line = progress_line({"status": "finished", "seconds": 161.0, "val_loss": 0.25523, "error": None}, spent, 5)
+    assert line == "finished in 2m41s, val_loss 0.2552, ETA 13m25s"
+    assert progress_line({"status": "skipped", "error": None}, spent, 4) == "skipped (finished before)"
+    assert progress_line({"status": "failed", "seconds": 39.0, "error": "boom"}, spent, 0) == "failed in 39s (boom)"
