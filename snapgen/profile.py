@@ -532,13 +532,13 @@ def _check_int_options(args: argparse.Namespace) -> None:
                          f"1024px image with the SD3 VAE)")
     if getattr(args, "batch", 1) is not None and not 1 <= getattr(args, "batch", 1) <= MAX_BATCH:
         raise ValueError(f"--batch {args.batch}: the batch must be 1..{MAX_BATCH}")
-    if args.command in ("unet", "walk"):
-        from snapgen.registry import baseline, resolve
+    if args.command == "unet":
+        from snapgen.registry import resolve
 
-        cfg = resolve(args.arch) if args.command == "unet" else baseline()  # a bad --arch fails before any build
+        cfg = resolve(args.arch)  # a bad --arch fails before any build
         factor = 2 ** (len(cfg.block_out_channels) - 1)
         if args.latent % factor:
-            raise ValueError(f"--latent {args.latent}: {getattr(args, 'arch', args.command)} downsamples {factor}x, so the latent side must be a "
+            raise ValueError(f"--latent {args.latent}: {args.arch} downsamples {factor}x, so the latent side must be a "
                              f"multiple of {factor} (e.g. --latent {max(factor, args.latent // factor * factor)})")
 
 

@@ -270,7 +270,6 @@ def test_sweep_main_nests_trials_under_one_parent(mlflow_uri, tmp_path, monkeypa
                 "artifacts": []}
 
     monkeypatch.setattr(sweep, "run_sweep", lambda trials, executor, uri: sweep.run_local(trials, uri, fake_trial))
-    monkeypatch.setattr(sweep, "_report", lambda *args: None)
     args = ["unet", "--spec", str(tmp_path / "tiny.yaml"), "--out-root", str(tmp_path / "runs"), "--tracking-uri",
             mlflow_uri]
     failing.add("b_no_sa_high_res")

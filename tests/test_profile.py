@@ -131,6 +131,7 @@ def test_measure_latency_fields():
 @dataclass
 class FakeConfig:
     width: int
+    block_out_channels: tuple = (4,)  # one stage: any latent side is valid
 
 
 @dataclass
@@ -199,12 +200,11 @@ def test_cli_unet_json_parses(monkeypatch, capsys):
         def forward(self, sample, timestep, encoder_hidden_states=None, encoder_attention_mask=None):
             return self.conv(sample)
 
-    registry = types.ModuleType("snapgen.registry")
-    registry.resolve = lambda arch: FakeConfig(1)
-    models = types.ModuleType("snapgen.models")
-    models.EfficientUNet = TinyUNet
-    monkeypatch.setitem(sys.modules, "snapgen.registry", registry)
-    monkeypatch.setitem(sys.modules, "snapgen.models", models)
+    import snapgen.models
+    import snapgen.registry
+
+    monkeypatch.setattr(snapgen.registry, "resolve", lambda arch: FakeConfig(1))
+    monkeypatch.setattr(snapgen.models, "EfficientUNet", TinyUNet)
     assert profile.main(["unet", "--arch", "tiny", "--latent", "8", "--batch", "2", "--latency", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["params"] == 4 * 4 * 9 + 4
