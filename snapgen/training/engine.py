@@ -35,6 +35,13 @@ from .. import runs
 from ..config import save_yaml, stable_hash
 
 
+# torch.compile's modes (`compile: <mode>`); "max-autotune" and "reduce-overhead" also capture CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+MAX_BATCH = 2**20  # a global batch beyond this is a typo, not a plan (the paper's largest is 1024)
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """The loop's own options; every stage's config dataclass inherits them (so presets and `--set` reach them)."""
@@ -46,8 +53,8 @@ class EngineOptions:
     grad_clip: float = 1.0           # max global grad norm per phase; 0 = off
     ema_decay: float = 0.999         # supplement G; warmed up as diffusers' EMAModel: min(decay, (1+n)/(10+n))
     precision: str = "auto"          # "bf16" (autocast, CUDA), "fp32", or "auto" = bf16 on CUDA else fp32
-    compile: bool | None = None      # torch.compile the trained modules' forward; None = on CUDA only (on a CPU it
-                                     # only costs compile time)
+    compile: bool | str | None = None  # torch.compile the trained modules' forward; None = on CUDA only (on a CPU it
+                                     # only costs compile time); a string is torch.compile's mode (COMPILE_MODES)
     seed: int = 0
     log_every: int = 10              # steps between train-metric records (and NaN-limit checks)
     val_every: int = 50              # steps between validations
@@ -68,6 +75,10 @@ class EngineOptions:
             raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision={self.precision!r}; valid choices: auto, bf16, fp32")
+        if isinstance(self.compile, str) and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile={self.compile!r}; valid choices: true, false, null, {', '.join(COMPILE_MODES)}")
+        if self.batch_size > MAX_BATCH:
+            raise ValueError(f"batch_size={self.batch_size} is beyond {MAX_BATCH:,}: a typo? (the paper's largest is 1024)")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}")
 
@@ -348,7 +359,7 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
                 module, device_ids=[device] if device.type == "cuda" else None)
             ddp.add(name)
         if o.compile or (o.compile is None and device.type == "cuda"):
-            module = torch.compile(module)
+            module = torch.compile(module, mode=o.compile if isinstance(o.compile, str) else None)
         models[name] = module
     manual_sync = {p.name: [q for m in p.modules if m not in ddp for q in raw[m].parameters()] for p in phases}
 
