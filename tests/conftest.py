@@ -64,3 +64,16 @@ def interrupt_at():
 
     make.error = Interrupted
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): on a shared 2-core CPU,
+    two OpenMP threads contending with other processes run tiny nets 10-40x slower (spin-waits), and one thread keeps
+    in-process floats independent of the core count."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

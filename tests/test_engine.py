@@ -70,14 +70,7 @@ print(json.dumps({"step": result["step"], "nan_skips": result["nan_skips"]}))
 ''' % KD_ROW
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core CPU, two OpenMP threads contending with other processes run these tiny
-    nets 10-40x slower (spin-waits), and one thread keeps the in-process floats independent of the core count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_teacher(**overrides):

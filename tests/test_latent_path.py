@@ -23,14 +23,7 @@ LATENT = dict(autoencoder="taesd3", resolution=32, batch_size=4, train_limit=40,
               log_every=1, val_every=2, ckpt_every=2, samples_per_class=1, sample_steps=2, warmup=0, steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core CPU, two OpenMP threads contending with other processes run these tiny
-    nets 10-40x slower (spin-waits), and one thread keeps the in-process floats independent of the core count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
