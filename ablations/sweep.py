@@ -258,7 +258,7 @@ def _ray_trainable(config: dict[str, Any]) -> None:
 
 
 def watch_cluster(probe: Callable[[], bool], on_dead: Callable[[str], None], interval_s: float = 20.0,
-                  grace_s: float = 90.0, stop: "threading.Event | None" = None) -> None:
+                  grace_s: float = 90.0, stop: Any = None) -> None:
     """Call `on_dead(message)` once `probe()` (is the Ray cluster alive?) has failed for `grace_s` seconds. A dead raylet
     otherwise leaves Tune's driver waiting forever ("Cluster resources cannot be detected or are 0")."""
     import threading

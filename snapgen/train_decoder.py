@@ -35,9 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from .config import load_yaml, preset_config, save_yaml, stable_hash
+from .config import load_yaml, preset_config, stable_hash
 from .models.autoencoders import ENCODERS, load_frozen_encoder
 from .models.decoder import TinyDecoder, decoder_config
 from .training import EngineOptions, Phase, Stage, fit
