@@ -1,5 +1,5 @@
-"""Table 3's throughput column: `python -m benchmarks.throughput --out DIR [--dtype bf16] [--compile] [--channels-last]
-[--cuda-graphs] [--ablation] [--batch N] [--models NAME ...] [--quick]`.
+"""Table 3's throughput column: `python -m benchmarks.throughput --out DIR [--dtype bf16] [--settings NAME ...]
+[--ablation] [--profile NAME ...] [--batch N] [--models NAME ...] [--quick]`.
 
 Table 3: "Throughput (samples/s) is measured on a single 80GB A100 GPU using the largest batch size supported for each
 model ... to generate 1024^2 px images. Here our sampling step is set to be 28." So per model: a 128x128 latent, CFG
@@ -10,9 +10,13 @@ topology thinned to widths (256, 512, 1024) and transformer depths (0, 2, 4); Dr
 public), and the SD3 decoder vs ours (images/s at the largest batch).
 
 MFU = achieved FLOP/s / the GPU's measured bf16 peak (a large bf16 matmul): model FLOPs from fvcore via
-`snapgen.profile.count_flops` (multiply-adds, x2 to FLOPs; attention counted). `--compile`, `--channels-last`,
-`--cuda-graphs` and `--dtype` switch one optimisation each; `--ablation` measures each UNet under eager, then adds
-channels-last, torch.compile and CUDA graphs one at a time, so each step's gain is one row apart. `--quick` is a CPU
+`snapgen.profile.count_flops` (multiply-adds, x2 to FLOPs; attention counted). `--settings` names the rows (SETTINGS:
+channels-last, cuDNN benchmark, torch.compile and its modes, CUDA graphs, FP8), each applied to every model, so each
+row's ratio to SDXL under the same setting (`ratio_same_setting`) is printed beside its ratio to SDXL eager
+(`ratio_vs_sdxl_eager`, the paper's comparison); `--ablation` is issue 8's cumulative chain. FP8 changes numerics, so
+it is opt-in and its row states the output's relative error against the bf16 model. `--profile` adds, per named
+setting, where the GPU time of one forward goes (benchmarks/kernel_profile.py). Rows are saved as they finish and
+merged into an existing throughput.json in --out (later calls add rows). `--quick` is a CPU
 smoke run (tiny models and sizes; its numbers mean nothing). Writes throughput.json and throughput.md under --out.
 Imports diffusers normally (the GPU box gets the diffusers wheel carried in).
 """
@@ -192,11 +196,14 @@ def build_decoders(quick: bool) -> dict[str, torch.nn.Module]:
     return {"sd3-decoder": build_baseline_decoder("sd3"), "tiny-decoder (ours)": TinyDecoder()}
 
 
-def prepare(model: torch.nn.Module, device, dtype, channels_last: bool, compile_: bool):
+def prepare(model: torch.nn.Module, device, dtype, channels_last: bool, compile_: bool | str):
+    """On the device in `dtype`, eval, no grads; channels-last and `torch.compile` (a string is its mode) on request."""
     model = model.to(device, dtype).eval().requires_grad_(False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile_ else model
+    if not compile_:
+        return model
+    return torch.compile(model, mode=compile_ if isinstance(compile_, str) else None)
 
 
 def to_device(inputs: Any, device: torch.device, dtype: torch.dtype) -> Any:
@@ -237,16 +244,43 @@ def count_gflops(model, inputs: dict, forward) -> float | None:
 # ---- the benchmark ---------------------------------------------------------------------------------------------------
 
 
-# --ablation: each setting adds one optimisation to the one before, so each step's gain is one row apart.
-ABLATION = {
-    "eager": dict(channels_last=False, compile=False, cuda_graphs=False),
-    "+channels-last": dict(channels_last=True, compile=False, cuda_graphs=False),
-    "+compile": dict(channels_last=True, compile=True, cuda_graphs=False),
-    "+cuda-graphs": dict(channels_last=True, compile=True, cuda_graphs=True),
+# Named settings: every switch a row applies (`--settings NAME ...`; each applies to every model, so the ratio to SDXL
+# under the same setting is always there). `compile` is False, True or a torch.compile mode.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "eager": dict(),
+    "+channels-last": dict(channels_last=True),
+    "+cudnn-benchmark": dict(cudnn_benchmark=True),
+    "+compile": dict(compile=True),
+    "+compile+channels-last": dict(compile=True, channels_last=True),
+    "+compile+cudnn-benchmark": dict(compile=True, cudnn_benchmark=True),
+    "+compile+cuda-graphs": dict(compile=True, cuda_graphs=True),
+    "+compile+channels-last+cuda-graphs": dict(compile=True, channels_last=True, cuda_graphs=True),
+    "+max-autotune": dict(compile="max-autotune-no-cudagraphs", cudnn_benchmark=True),
+    # FP8 (opt-in: it changes numerics; each row states its output error against the bf16 model)
+    "+compile+fp8": dict(compile=True, cudnn_benchmark=True, fp8=True),
+    "+compile+fp8+cuda-graphs": dict(compile=True, cudnn_benchmark=True, fp8=True, cuda_graphs=True),
 }
+# --ablation: the cumulative chain of issue 8's table (each row adds one optimisation to the row before).
+ABLATION = ("eager", "+channels-last", "+compile+channels-last", "+compile+channels-last+cuda-graphs")
 
 
-def run(args) -> dict[str, Any]:
+def quantize_fp8(model: torch.nn.Module) -> int:
+    """torchao's dynamic FP8 (e4m3, one scale per row of activations and weights) for every `nn.Linear` whose
+    widths are multiples of 16 (`torch._scaled_mm`'s constraint); needs a GPU of compute capability >= 8.9. 1x1 and
+    3x3 convolutions stay bf16. Returns how many layers were converted."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def eligible(module: torch.nn.Module, fqn: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 \
+            and module.out_features % 16 == 0
+    count = sum(eligible(m, n) for n, m in model.named_modules())
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=eligible)
+    return count
+
+
+def run(args, save: Callable[[dict[str, Any]], None] = lambda result: None) -> dict[str, Any]:
+    """Every UNet under every setting (then the decoders); `save(result)` after each row, so a call that runs out of
+    time keeps the rows it finished."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     latent = 8 if args.quick else LATENT
@@ -254,8 +288,8 @@ def run(args) -> dict[str, Any]:
     steps = 2 if args.quick else STEPS
     max_batch = 2 if args.quick else args.max_batch
     peak = measure_peak_flops(device, dtype, n=256 if args.quick else 8192, iters=3 if args.quick else 20)
-    flags = dict(channels_last=args.channels_last, compile=args.compile, cuda_graphs=args.cuda_graphs)
-    settings = ABLATION if args.ablation else {setting_name(flags): flags}
+    names = list(ABLATION) if args.ablation else args.settings
+    settings = {name: SETTINGS[name] for name in names}
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "dtype": args.dtype, "settings": settings, "batch_fixed": args.batch, "quick": args.quick, "latent": latent,
@@ -275,34 +309,58 @@ def run(args) -> dict[str, Any]:
             continue
         params_m = sum(p.numel() for p in cpu_model.parameters()) / 1e6
         gmacs = count_gflops(cpu_model, make_inputs(1, latent, text_len), forward) if args.flops else None
+        reference = None  # the bf16 eager output on fixed inputs, for the error of settings that change numerics
         for setting, opts in settings.items():
-            model = prepare(copy.deepcopy(cpu_model), device, dtype, opts["channels_last"], opts["compile"])
+            torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark"))
+            model = copy.deepcopy(cpu_model).to(device, dtype).eval().requires_grad_(False)
+            row: dict[str, Any] = {"model": name, "setting": setting, "params_m": params_m}
+            if opts.get("fp8"):
+                if args.quick or device.type != "cuda":
+                    print(f"{name} {setting}: skipped (FP8 needs a GPU of compute capability >= 8.9)", file=sys.stderr)
+                    continue
+                if reference is None:
+                    probe = to_device(make_inputs(2, latent, text_len), device, dtype)
+                    with torch.no_grad():
+                        reference = (probe, forward(model, probe).float())
+                row["fp8_linear_layers"] = quantize_fp8(model)
+            model = prepare(model, device, dtype, opts.get("channels_last", False), opts.get("compile", False))
+            if opts.get("fp8"):
+                with torch.no_grad():
+                    out = forward(model, reference[0]).float()
+                row["output_rel_error_vs_bf16"] = float((out - reference[1]).norm() / reference[1].norm())
+            runners = {}
 
             def try_batch(batch: int) -> float:
                 # CFG: conditional + unconditional in one batch; built on the CPU copy, moved like the model
                 inputs = to_device(make_inputs(2 * batch, latent, text_len), device, dtype)
-                if opts["channels_last"]:
+                if opts.get("channels_last"):
                     inputs = _to_channels_last(inputs)
                 with torch.no_grad():
-                    runner = make_runner(lambda x: forward(model, x), inputs, device, opts["cuda_graphs"])
+                    runner = make_runner(lambda x: forward(model, x), inputs, device, opts.get("cuda_graphs", False))
+                    runners["last"] = runner
                     return time_forwards(runner, device, steps, args.repeats)
 
             started = time.perf_counter()
             batch, seconds = batch_and_seconds(try_batch)
-            row = {"model": name, "setting": setting, "params_m": params_m, "batch": batch, "unet_batch": 2 * batch,
-                   "seconds_per_sampling_run": seconds, "samples_per_s": batch / seconds,
-                   "gmacs_per_sample_forward": gmacs, "wall_s_incl_compile": time.perf_counter() - started}
+            row.update({"batch": batch, "unet_batch": 2 * batch, "seconds_per_sampling_run": seconds,
+                        "samples_per_s": batch / seconds, "gmacs_per_sample_forward": gmacs,
+                        "wall_s_incl_compile": time.perf_counter() - started})
             if gmacs is not None:
                 achieved = 2 * gmacs * 1e9 * 2 * batch * steps / seconds  # MACs -> FLOPs, x UNet batch x forwards
                 row["mfu"] = achieved / peak
-            print(json.dumps(row), file=sys.stderr, flush=True)
+            if setting in (args.profile or ()):
+                from benchmarks.kernel_profile import profile
+
+                with torch.no_grad():
+                    row["kernel_profile"] = profile(runners["last"], device, iters=3)
+                row["kernel_profile"]["unit"] = f"ms per UNet forward at batch {2 * batch}"
+            print(json.dumps({k: v for k, v in row.items() if k != "kernel_profile"}), file=sys.stderr, flush=True)
             result["unets"].append(row)
-            del model
+            add_ratios(result)
+            save(result)
+            del model, runners
             release()
-    sdxl = {r["setting"]: r["samples_per_s"] for r in result["unets"] if r["model"] == "sdxl-unet"}
-    for row in result["unets"]:  # against SDXL under the same setting, and against SDXL eager (the paper's baseline)
-        row["ratio_to_sdxl"] = row["samples_per_s"] / sdxl[row["setting"]] if row["setting"] in sdxl else None
-        row["ratio_to_sdxl_eager"] = row["samples_per_s"] / sdxl["eager"] if "eager" in sdxl else None
+    torch.backends.cudnn.benchmark = False
 
     for name, cpu_decoder in build_decoders(args.quick).items():
         if not args.decoders:
@@ -311,31 +369,49 @@ def run(args) -> dict[str, Any]:
         channels = cpu_decoder.latent_channels
         gmacs = count_gflops(cpu_decoder, {"latent": torch.randn(1, channels, latent, latent)},
                              lambda m, x: m(x["latent"])) if args.flops else None
-        opts = flags  # decoders: the command line's setting (not ablated)
-        decoder = prepare(cpu_decoder, device, dtype, opts["channels_last"], opts["compile"])
+        setting, opts = next(iter(settings.items()))  # decoders: the first setting only (not ablated)
+        decoder = prepare(cpu_decoder, device, dtype, opts.get("channels_last", False), opts.get("compile", False))
 
         def try_decode(batch: int) -> float:
             inputs = {"latent": torch.randn(batch, channels, latent, latent, device=device, dtype=dtype)}
-            if opts["channels_last"]:
+            if opts.get("channels_last"):
                 inputs = _to_channels_last(inputs)
             with torch.no_grad():
-                runner = make_runner(lambda x: decoder(x["latent"]), inputs, device, opts["cuda_graphs"])
+                runner = make_runner(lambda x: decoder(x["latent"]), inputs, device, opts.get("cuda_graphs", False))
                 return time_forwards(runner, device, 1, args.repeats)
 
         batch, seconds = largest_batch(try_decode, max_batch)
-        row = {"model": name, "setting": setting_name(opts), "params_m": params_m, "batch": batch,
+        row = {"model": name, "setting": setting, "params_m": params_m, "batch": batch,
                "images_per_s": batch / seconds, "gmacs_per_image": gmacs}
         if gmacs is not None:
             row["mfu"] = 2 * gmacs * 1e9 * batch / seconds / peak
         result["decoders"].append(row)
+        save(result)
         del decoder
         release()
     return result
 
 
-def setting_name(opts: dict[str, bool]) -> str:
-    on = [k.replace("_", "-") for k, v in opts.items() if v]
-    return "+".join(on) if on else "eager"
+def add_ratios(result: dict[str, Any]) -> None:
+    """Each UNet row against SDXL under the same setting (`ratio_same_setting`) and against SDXL eager
+    (`ratio_vs_sdxl_eager`, the paper's comparison of released models); None where that SDXL row is missing."""
+    sdxl = {r["setting"]: r["samples_per_s"] for r in result["unets"] if r["model"] == "sdxl-unet"}
+    for row in result["unets"]:
+        row["ratio_same_setting"] = row["samples_per_s"] / sdxl[row["setting"]] if row["setting"] in sdxl else None
+        row["ratio_vs_sdxl_eager"] = row["samples_per_s"] / sdxl["eager"] if "eager" in sdxl else None
+
+
+def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Rows of an earlier call in the same --out (same device, dtype, latent, steps) kept unless measured again."""
+    same = all(old.get(k) == new.get(k) for k in ("device", "dtype", "latent", "steps", "quick"))
+    if not same:
+        return new
+    keys = {(r["model"], r["setting"]) for r in new["unets"]}
+    merged = {**new, "settings": {**old.get("settings", {}), **new["settings"]},
+              "unets": [r for r in old.get("unets", []) if (r["model"], r["setting"]) not in keys] + new["unets"],
+              "decoders": new["decoders"] or old.get("decoders", [])}
+    add_ratios(merged)
+    return merged
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -345,50 +421,69 @@ def markdown(result: dict[str, Any]) -> str:
     def ratio(x):
         return f"{x:.2f}" if x is not None else "n/a"
 
+    def error(row):
+        return f"{100 * row['output_rel_error_vs_bf16']:.2f}%" if "output_rel_error_vs_bf16" in row else "—"
+
     batch = f"batch fixed at {result['batch_fixed']}" if result["batch_fixed"] else "largest power-of-two batch"
     lines = [f"Throughput at {result['latent'] * 8}^2 px ({result['latent']}^2 latent), {result['steps']} steps, CFG, "
              f"{batch}, {result['device']}, {result['dtype']}, PyTorch {result['torch']}; measured {result['dtype']} "
              f"matmul peak {result['peak_tflops_measured']:.1f} TFLOP/s" + (" (QUICK CPU SMOKE: numbers mean nothing)"
                                                                           if result["quick"] else ""),
-             "", "| UNet | setting | params (M) | batch | samples/s | x SDXL (same setting) | x SDXL eager | MFU |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| UNet | setting | params (M) | batch | samples/s | x SDXL eager | x SDXL (same setting) | MFU | "
+             "output error vs bf16 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["unets"]:
         lines.append(f"| {r['model']} | {r['setting']} | {r['params_m']:.1f} | {r['batch']} | "
-                     f"{r['samples_per_s']:.3f} | {ratio(r['ratio_to_sdxl'])} | {ratio(r['ratio_to_sdxl_eager'])} | "
-                     f"{mfu(r)} |")
+                     f"{r['samples_per_s']:.3f} | {ratio(r.get('ratio_vs_sdxl_eager'))} | "
+                     f"{ratio(r.get('ratio_same_setting'))} | {mfu(r)} | {error(r)} |")
     if result["decoders"]:
         lines += ["", "| decoder | setting | params (M) | batch | images/s | MFU |", "|---|---|---|---|---|---|"]
         for r in result["decoders"]:
             lines.append(f"| {r['model']} | {r['setting']} | {r['params_m']:.2f} | {r['batch']} | "
                          f"{r['images_per_s']:.3f} | {mfu(r)} |")
+    for r in result["unets"]:
+        if r.get("kernel_profile"):
+            from benchmarks.kernel_profile import markdown as profile_markdown
+
+            lines += ["", profile_markdown(f"Profile of {r['model']} {r['setting']} "
+                                           f"({r['kernel_profile']['unit']})", r["kernel_profile"]).rstrip()]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
                    help="model dtype (default bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile every model")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay one captured CUDA graph per forward")
+    p.add_argument("--settings", nargs="+", default=["eager"], choices=list(SETTINGS), metavar="SETTING",
+                   help=f"rows per model, each applied to every model ({', '.join(SETTINGS)})")
+    p.add_argument("--ablation", action="store_true", help=f"the settings {', '.join(ABLATION)} (cumulative)")
+    p.add_argument("--profile", nargs="*", default=None, metavar="SETTING",
+                   help="torch.profiler over 3 forwards of these settings: GPU time per kernel category")
     p.add_argument("--max-batch", type=int, default=256, help="largest image batch tried (powers of two)")
     p.add_argument("--repeats", type=int, default=3, help="timed sampling runs per batch (median)")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip fvcore counting (no MFU)")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny models and sizes")
-    p.add_argument("--ablation", action="store_true",
-                   help="each UNet under eager, +channels-last, +compile, +cuda-graphs (cumulative)")
     p.add_argument("--batch", type=int, default=None, help="fixed image batch instead of the largest that fits")
     p.add_argument("--models", nargs="*", default=None, help="only UNets whose name contains one of these")
     p.add_argument("--no-decoders", dest="decoders", action="store_false")
+    p.add_argument("--fresh", action="store_true", help="do not merge into an existing throughput.json in --out")
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
-    result = run(args)
+    unknown = set(args.profile or ()) - set(SETTINGS)
+    if unknown:
+        p.error(f"--profile: unknown settings {sorted(unknown)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    (out / "throughput.md").write_text(table)
+    path = out / "throughput.json"
+    old = json.loads(path.read_text()) if path.exists() and not args.fresh else None
+
+    def save(result: dict[str, Any]) -> dict[str, Any]:
+        merged = merge_results(old, result) if old else result
+        path.write_text(json.dumps(merged, indent=2))
+        (out / "throughput.md").write_text(markdown(merged))
+        return merged
+
+    table = markdown(save(run(args, save)))
     print(table)
     return 0
 

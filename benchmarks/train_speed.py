@@ -52,12 +52,13 @@ LATENT, CHANNELS = 32, 16
 PROMPTS, TOKENS, TEXT_DIM = 10, 8, 768
 DATA_BATCHES = 4        # synthetic latents: N = 4 x batch
 
-# Each setting states every switch (rows add one optimisation to the row before). `compile` is the engine option
-# (False, True or a torch.compile mode); cudnn_benchmark and channels_last are set by this benchmark around `fit`.
+# Each setting states every switch. `compile` is the engine option (False, True or a torch.compile mode: what a
+# training run gets); cudnn_benchmark and channels_last are set by this benchmark around `fit`.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "eager": dict(compile=False),
-    "eager+channels-last": dict(compile=False, channels_last=True),
-    "+compile": dict(compile=True),
+    "eager": dict(compile=False, cudnn_benchmark=False),
+    "eager+cudnn-benchmark": dict(compile=False, cudnn_benchmark=True),
+    "eager+channels-last": dict(compile=False, cudnn_benchmark=False, channels_last=True),
+    "+compile": dict(compile=True, cudnn_benchmark=False),
     "+compile+cudnn-benchmark": dict(compile=True, cudnn_benchmark=True),
     "+max-autotune": dict(compile="max-autotune-no-cudagraphs", cudnn_benchmark=True),
     "+max-autotune+cuda-graphs": dict(compile="max-autotune", cudnn_benchmark=True),
@@ -178,9 +179,13 @@ class GpuLock:
 class StepTimer:
     """fit callback: (step, seconds since on_start, has validation, train_loss) of every record, after a device sync."""
 
-    def __init__(self, device: torch.device, window_end: int | None = None, on_window=None):
+    def __init__(self, device: torch.device, window_end: int | None = None, on_window=None,
+                 profile_steps: int = 0):
         self.device, self.marks, self.start = device, [], None
         self.window_end, self.on_window, self.stamps = window_end, on_window, {}
+        # --profile: torch.profiler over the `profile_steps` steps right after the timed window (so the window's
+        # timing is not disturbed), summarised by benchmarks.kernel_profile.
+        self.profile_steps, self.profiler, self.kernel_profile = profile_steps, None, None
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -194,8 +199,21 @@ class StepTimer:
         self.marks.append((record["step"], self._now() - self.start, any(k.startswith("val_") for k in record),
                            record.get("train_loss")))
         self.stamps[record["step"]] = time.time()
+        if self.profiler is not None and record["step"] == self.window_end + self.profile_steps:
+            from benchmarks.kernel_profile import summarise
+
+            self.profiler.__exit__(None, None, None)
+            self.kernel_profile = summarise(self.profiler, self.device.type == "cuda", self.profile_steps)
+            self.kernel_profile["unit"] = "ms per training step"
+            self.profiler = None
         if self.on_window is not None and record["step"] == self.window_end:
             self.on_window(self)  # the row is saved before the end-of-run validation and checkpoint
+        if self.profile_steps and record["step"] == self.window_end:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            self.profiler = profile(activities=activities)
+            self.profiler.__enter__()
 
 
 # ---- measurement -----------------------------------------------------------------------------------------------------
@@ -270,7 +288,9 @@ def measure(model: str, setting: str, args, device: torch.device, gmacs: dict[st
     """One setting: the row (img/s, MFU, peak memory, ...); `save_row(row)` is also called as soon as the timed
     window ends (before the end-of-run validation and checkpoint)."""
     opts = SETTINGS[setting]
-    steps = args.warmup_steps + args.steps + 1  # +1: the last record (with validation) is outside the window
+    profile_steps = args.log_every if args.profile else 0
+    # +1: the last record (with validation) is outside the window and the profile
+    steps = args.warmup_steps + args.steps + profile_steps + 1
     compile_ = False if args.quick else opts["compile"]
     cfg = train_config(args, steps, compile_)
     stage = make_stage(model, cfg, args, opts.get("channels_last", False))
@@ -295,6 +315,8 @@ def measure(model: str, setting: str, args, device: torch.device, gmacs: dict[st
             "lock_wait_s": lock.waited_s if lock else 0.0,
             "loss_curve": {step: loss for step, _, _, loss in timer.marks if loss is not None},
             "gmacs_forward": gmacs.get(model)}
+        if timer.kernel_profile is not None:
+            row["kernel_profile"] = timer.kernel_profile
         if result is not None:
             row.update(wall_s=result["wall_s"], train_loss=result.get("train_loss"), val_loss=result.get("val_loss"),
                        nan_skips=result.get("nan_skips"))
@@ -315,9 +337,8 @@ def measure(model: str, setting: str, args, device: torch.device, gmacs: dict[st
 
     cudnn = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark", False))
-    params_m = None
     try:
-        timer = StepTimer(device, b, window_done)
+        timer = StepTimer(device, b, window_done, profile_steps)
         result, timer, wall = run_fit(stage, device, timer)
     finally:
         torch.backends.cudnn.benchmark = cudnn
@@ -401,6 +422,12 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {row['model']} | {row['setting']} | {row['batch']} | {row['img_per_s']:.0f} | {median} | "
                      f"{row['step_ms']:.1f} | {pct(row.get('mfu'))} | {pct(row.get('mfu_vs_measured_peak'))} | {mem} | "
                      f"{row['warmup_s']:.0f} |")
+    for key, row in result["settings"].items():
+        if row.get("kernel_profile"):
+            from benchmarks.kernel_profile import markdown as profile_markdown
+
+            lines += ["", profile_markdown(f"Profile of `{key}` ({row['kernel_profile']['iters']} training steps "
+                                           "after the timed window)", row["kernel_profile"], kernels=8).rstrip()]
     p = result.get("parity")
     if p:
         lines += ["", f"Parity ({p['config']}, batch {p['batch']}, {p['steps']} steps): final train_loss eager "
@@ -420,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--models", nargs="*", default=["snapgen-imagenet"], choices=MODELS)
     p.add_argument("--settings", nargs="*", default=["eager", "+compile"], choices=sorted(SETTINGS))
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the --log-every steps after each timed window (kernel time by category)")
     p.add_argument("--parity-steps", type=int, default=0, help="also the eager-vs-compiled check (0 = skip)")
     p.add_argument("--parity-batch", type=int, default=64)
     p.add_argument("--parity-tol", type=float, default=0.02, help="allowed relative difference of final train_loss")

@@ -107,9 +107,25 @@ def test_throughput_benchmark_quick(tmp_path):
 
     from benchmarks import throughput
 
-    assert throughput.main(["--quick", "--out", str(tmp_path), "--repeats", "1"]) == 0
+    assert throughput.main(["--quick", "--out", str(tmp_path), "--repeats", "1", "--models", "snapgen", "sdxl",
+                            "--settings", "eager", "+cudnn-benchmark", "--profile", "eager"]) == 0
     result = json.loads((tmp_path / "throughput.json").read_text())
-    assert [r["model"] for r in result["unets"]][:2] == ["snapgen-t2i", "sdxl-unet"]
+    rows = {(r["model"], r["setting"]): r for r in result["unets"]}
+    assert set(rows) == {(m, s) for m in ("snapgen-t2i", "sdxl-unet") for s in ("eager", "+cudnn-benchmark")}
     assert all(r["samples_per_s"] > 0 and r["unet_batch"] == 2 * r["batch"] for r in result["unets"])
     assert all(r["mfu"] is not None and 0 < r["mfu"] for r in result["unets"])
+    # both ratios: against SDXL under the same setting and against SDXL eager
+    own = rows[("snapgen-t2i", "+cudnn-benchmark")]
+    assert own["ratio_same_setting"] == pytest.approx(
+        own["samples_per_s"] / rows[("sdxl-unet", "+cudnn-benchmark")]["samples_per_s"])
+    assert own["ratio_vs_sdxl_eager"] == pytest.approx(own["samples_per_s"] / rows[("sdxl-unet", "eager")]["samples_per_s"])
+    profile = rows[("snapgen-t2i", "eager")]["kernel_profile"]
+    assert sum(c["share"] for c in profile["categories"]) == pytest.approx(1.0)
+    assert {"conv (dense, incl. 1x1)", "attention", "norm"} <= {c["category"] for c in profile["categories"]}
+    assert "kernel_profile" not in rows[("snapgen-t2i", "+cudnn-benchmark")]
     assert result["decoders"] and (tmp_path / "throughput.md").read_text().count("|") > 10
+    # a second call adds its rows to the same file
+    assert throughput.main(["--quick", "--out", str(tmp_path), "--repeats", "1", "--models", "snapgen",
+                            "--settings", "+channels-last", "--no-decoders"]) == 0
+    again = json.loads((tmp_path / "throughput.json").read_text())
+    assert len(again["unets"]) == 5 and again["decoders"]

@@ -8,11 +8,15 @@
 #   dreamlite  the DreamLite-like UNet: eager, +compile (10 warm-up + 20 timed steps)
 #   autotune   snapgen-imagenet: +max-autotune (no CUDA graphs), +max-autotune+cuda-graphs
 #   extra      snapgen-imagenet: eager+channels-last, +compile+cuda-graphs
+#   profile    snapgen-imagenet: eager+cudnn-benchmark and +compile, each with a kernel profile of the 10 steps after
+#              its timed window
 #   parity     a small config, 200 steps eager and compiled: final train_loss within 2%
 #   concurrent snapgen eager (200 steps) beside snapgen and DreamLite +compile (see below): the +compile rows and the
 #              eager-vs-compiled parity of the benchmark's own config in one call, compile time hidden behind it
 #   (default: snapgen dreamlite). BENCH_ARGS adds arguments to every group (e.g. "--batch 512").
 source scripts/device/setup.sh
+# Inductor's cache in the checkout's ignored .gpu/ (kept on the box while it stays warm between calls)
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.gpu/inductor}
 export TORCH_LOGS=${TORCH_LOGS:-recompiles,graph_breaks}
 log=$OUT/train_speed.log
 group() {  # group LIMIT_S ARGS...
@@ -50,6 +54,8 @@ for g in "${@:-snapgen dreamlite}"; do
           mv "$OUT/$dir/train_speed.json" "$OUT/$dir.json" 2>/dev/null || true
           { echo "==== $dir"; cat "$OUT/$dir.log"; } >> "$log"; rm -rf "$OUT/$dir" "$OUT/$dir.log"
         done ;;
+      profile) group "${LIMIT_PROFILE:-400}" --models snapgen-imagenet --settings eager+cudnn-benchmark +compile \
+                 --profile ;;
       parity) group "${LIMIT_PARITY:-150}" --models --settings --parity-steps 200 ;;
       *) echo "unknown group $name" >&2; exit 2 ;;
     esac
