@@ -40,7 +40,7 @@ from snapgen import tracking
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 SPEC_KEYS = {"sweep", "experiment", "walk", "steps", "arch", "rows", "teacher", "seeds", "metric_note", "scales",
              "description"}
-SCALE_KEYS = {"train", "fid", "profile", "metric_note", "teacher"}
+SCALE_KEYS = {"train", "fid", "fd_cifar", "profile", "metric_note", "teacher"}
 EXECUTORS = ("local", "ray")
 ATTEMPTS = 2  # a failed trial is retried once
 
@@ -116,6 +116,8 @@ def plan(spec: dict[str, Any], scale: str, seeds: int | None = None, out_root: s
         "_out_root": str(Path(out_root).resolve()), "_profile_cache": str(Path(profile_cache).resolve()),
         "_progress": progress,
     }
+    if block.get("fd_cifar"):  # only where a scale asks for it: other trials keep their identity (config hash)
+        common["fd_cifar"] = dict(block["fd_cifar"])
     entries: list[dict[str, Any]] = []
     if "walk" in spec:
         walk = _arch_strings(spec["walk"])

@@ -10,6 +10,8 @@ later (`python -m ablations.sweep ingest`). The trial dict (built by `ablations.
     scale, seed, train                             snapgen.train.make_config(scale, arch=..., seed=..., **train)
     kd_row                                         a snapgen.registry.KD_ROWS name (kd sweep) or None
     fid      {enabled, num_samples, sample_steps, guidance, batch_size}
+    fd_cifar {enabled, num_samples, sample_steps, guidance: [scales], batch_size} (optional): the offline proxy
+             (evals.fid --features cifar10) at each CFG scale; the best FD-CIFAR is logged with its scale
     profile  {architecture: full|trained, flops_latents, latency_latent, latency_warmup, latency_repeats}
     metric_note                                    what the quality metric is (e.g. "val_loss is a proxy, not FID")
     _out_root, _profile_cache, _progress           where it runs (leading underscore: not part of the identity)
@@ -265,6 +267,8 @@ def _evaluate_and_profile(trial: dict[str, Any], cfg, out: Path, trained: dict[s
             tags["fid_note"] = f"missing: {str(error).splitlines()[0][:300]}"
     else:
         tags["fid_note"] = "not computed at this scale (spec fid.enabled: false)"
+    metrics_file = _fd_cifar(trial, cfg, out, metrics, tags)
+
 
     # profile: the real architecture unless the spec says "trained"
     prof_spec = trial.get("profile") or {}
@@ -294,9 +298,39 @@ def _evaluate_and_profile(trial: dict[str, Any], cfg, out: Path, trained: dict[s
     params = trial_params(trial, cfg)
     params.update(flatten({"unet": trained_cfg.to_dict()}))
     params["latency_dtype"] = latency["dtype"] if latency else None
-    artifacts = [out / "config.yaml", out / "metrics.jsonl", trained.get("sample_grid")]
+    artifacts = [out / "config.yaml", out / "metrics.jsonl", trained.get("sample_grid"), metrics_file]
     return {"metrics": metrics, "history": history, "tags": tags, "params": params,
             "artifacts": [str(a) for a in artifacts if a], "out": str(out)}
+
+
+def _fd_cifar(trial: dict[str, Any], cfg, out: Path, metrics: dict, tags: dict) -> Path | None:
+    """The offline proxy of the spec's `fd_cifar` block into `metrics` (`fd_cifar`, `kid_cifar`, `class_acc` at the
+    best CFG scale, `cfg_best`) and the tag `fd_cifar_note`; every scale's numbers in `<out>/fd_cifar.json`."""
+    spec = trial.get("fd_cifar") or {}
+    if not spec.get("enabled"):
+        return None
+    from evals import fid as fid_eval
+    from evals.feature_net import FeatureNetMissing
+
+    guidances = spec.get("guidance", [cfg.sample_cfg])
+    guidances = [float(g) for g in (guidances if isinstance(guidances, (list, tuple)) else [guidances])]
+    try:
+        result = fid_eval.cifar_metrics_of_run(out, num_samples=int(spec.get("num_samples", 1000)),
+                                               sample_steps=int(spec.get("sample_steps", cfg.sample_steps)),
+                                               guidances=guidances, batch_size=int(spec.get("batch_size", 250)))
+    except FeatureNetMissing as error:
+        warnings.warn(str(error))
+        metrics.update(fd_cifar=None, kid_cifar=None, class_acc=None, cfg_best=None)
+        tags["fd_cifar_note"] = f"missing: {str(error)[:300]}"
+        return None
+    metrics.update({k: result[k] for k in ("fd_cifar", "kid_cifar", "class_acc", "cfg_best")})
+    tags["fd_cifar_note"] = (f"{fid_eval.PROXY_NOTE}; {result['num_samples']} samples per CFG scale "
+                             f"({', '.join(f'{g:g}' for g in guidances)}; best {result['cfg_best']:g}), "
+                             f"{result['sample_steps']} sampler steps, vs. {result['reference']}; features "
+                             f"{result['feature_extractor']}")
+    path = out / "fd_cifar.json"
+    path.write_text(json.dumps(result, indent=1))
+    return path
 
 
 def _asdict(cfg) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""FID with clean-fid (Parmar et al. 2022, "clean" mode): `python -m evals.fid CKPT_OR_IMAGE_DIR [--out DIR] [--n N]`.
+"""FID with clean-fid (Parmar et al. 2022, "clean" mode), or its offline proxy in the features of our own CIFAR-10 net:
+`python -m evals.fid CKPT_OR_IMAGE_DIR [--out DIR] [--n N] [--features inception|cifar10]`.
 
 The Inception network is clean-fid's own TorchScript port of the TF FID Inception, found through `snapgen.weights`
 (entry `cleanfid_inception`): clean-fid alone only looks in a fixed temp directory and downloads. Without the file
@@ -8,6 +9,14 @@ Protocol (STYLE.md 9): reference statistics first (computed once per reference s
 generation, each sample seeded by its global index, then the Fréchet distance. CIFAR-10 runs are compared with the
 CIFAR-10 train split at the run's resolution (the images it was trained on). The paper uses 50k samples; fewer give
 a biased, higher FID, so the sample count is always reported with the number.
+
+`--features cifar10` (the offline proxy; never called FID): the same sampler, seeding, reference caching and Fréchet
+code, in the penultimate features of the CIFAR-10 ResNet of `evals.feature_net` (committed weights, test accuracy in
+its record). It reports `fd_cifar` (Fréchet distance in those features), `kid_cifar` (KID: torchmetrics' unbiased
+polynomial-kernel MMD over subsets, usable at small sample counts) and, for a run's class-conditional samples,
+`class_acc` (how often the net classifies sample i as the class it was asked for). Samples are resized to 32x32
+(bilinear, antialiased) and compared with CIFAR-10 train at 32x32. `--guidance` takes several scales: each is
+sampled and scored, and the best FD-CIFAR is reported with its scale (the supplement's CFG sweep).
 """
 
 from __future__ import annotations
@@ -27,6 +36,11 @@ CLEANFID_FILE = "inception-2015-12-05.pt"  # the name clean-fid's InceptionV3W l
 MODE = "clean"  # clean-fid mode: PIL bicubic resize to 299 outside the network
 FEATURE_DIM = 2048
 PAPER_NUM_SAMPLES = 50_000
+FEATURE_SPACES = ("inception", "cifar10")
+CIFAR_DEFAULT_NUM_SAMPLES = 10_000  # the size of CIFAR-10's test split
+KID_SUBSETS, KID_SUBSET_SIZE, KID_SEED = 100, 1000, 0  # torchmetrics' (and clean-fid's) defaults; a fixed seed
+PROXY_NOTE = ("FD-CIFAR / KID-CIFAR / class accuracy in the features of our own CIFAR-10 ResNet (evals.feature_net): "
+              "an offline proxy, not FID")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 (N, H, W, 3) -> float (N, FEATURE_DIM)
@@ -114,20 +128,45 @@ def _content_key(images: np.ndarray, feature_id: str) -> str:
 
 
 def reference_statistics(images: np.ndarray, feature_fn: FeatureFn, feature_id: str,
-                         cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Statistics of reference images uint8 (N, H, W, 3), cached by the hash of (pixels, feature extractor)."""
+                         cache_dir: str | Path | None = None, with_features: bool = False):
+    """Statistics (mu, sigma) of reference images uint8 (N, H, W, 3), cached by the hash of (pixels, feature
+    extractor); with `with_features`, (mu, sigma, features) with the features kept in the cache too (KID needs them;
+    only for small feature spaces: 50k x 2048 Inception features would be 800 MB)."""
     from snapgen.data import cache_root
 
     path = Path(cache_dir or cache_root() / "fid_stats") / f"{_content_key(images, feature_id)}.npz"
     if path.is_file():
         with np.load(path) as f:
-            return f["mu"], f["sigma"]
-    mu, sigma = statistics(feature_fn(images))
+            if not with_features:
+                return f["mu"], f["sigma"]
+            if "features" in f.files:
+                return f["mu"], f["sigma"], f["features"]
+    features = feature_fn(images)
+    mu, sigma = statistics(features)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, mu=mu, sigma=sigma, num_images=len(images))
+    extra = {"features": features.astype(np.float32)} if with_features else {}
+    np.savez(tmp, mu=mu, sigma=sigma, num_images=len(images), **extra)
     tmp.replace(path)
-    return mu, sigma
+    return (mu, sigma, features.astype(np.float32)) if with_features else (mu, sigma)
+
+
+def kernel_distance(features: np.ndarray, reference_features: np.ndarray, device: str | torch.device = "cpu") -> float:
+    """KID (Binkowski et al. 2018): the unbiased MMD^2 with the kernel (x.y / d + 1)^3, averaged over `KID_SUBSETS`
+    subsets of up to `KID_SUBSET_SIZE` samples of each side, in float64: torchmetrics' `poly_mmd` (the kernel and
+    unbiased estimator of its KernelInceptionDistance), with the subsets drawn from a fixed seed so a number is
+    reproducible. Unbiased: about 0 (either sign) for two samples of one distribution, at any sample count."""
+    from torchmetrics.image.kid import poly_mmd
+
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64, device=device)
+    y = torch.as_tensor(np.asarray(reference_features), dtype=torch.float64, device=device)
+    m = min(len(x), len(y), KID_SUBSET_SIZE)
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples on each side; got {len(x)} and {len(y)}")
+    generator = torch.Generator().manual_seed(KID_SEED)
+    values = [poly_mmd(y[torch.randperm(len(y), generator=generator)[:m].to(device)],
+                       x[torch.randperm(len(x), generator=generator)[:m].to(device)]) for _ in range(KID_SUBSETS)]
+    return float(torch.stack(values).mean())
 
 
 def cifar10_reference(resolution: int, limit: int | None = None) -> tuple[np.ndarray, str]:
@@ -225,44 +264,173 @@ def fid_of_run(run_dir: str | Path, num_samples: int, sample_steps: int = 30, gu
     return fid_of_images(images, reference, reference_name, feature_fn, feature_id, cache_dir)
 
 
+# ---- the offline proxy: FD-CIFAR, KID-CIFAR and class accuracy in our CIFAR-10 net's features ------------------------
+
+
+class CifarFeatureSpace:
+    """The committed CIFAR-10 net (`evals.feature_net`) as a feature space: `features(images)` for the reference
+    cache, `predict(images)` -> (features, logits) for samples; `feature_id` names the weights file's content."""
+
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device | None = None):
+        from evals.feature_net import load_feature_net
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net, self.record = load_feature_net(weights, self.device)
+        self.feature_id = self.record["feature_id"]
+        self.class_names = list(self.record.get("class_names") or [])
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from evals.feature_net import predict
+
+        return predict(self.net, images, device=self.device)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self.predict(images)[0]
+
+    def describe(self) -> str:
+        accuracy = self.record.get("test_accuracy")
+        where = f"test accuracy {100 * accuracy:.1f}%" if accuracy is not None else "test accuracy not recorded"
+        return f"{self.feature_id} ({where}, {Path(self.record['weights']).name})"
+
+
+def cifar_metrics_of_images(images: np.ndarray, reference: np.ndarray, reference_name: str,
+                            space: CifarFeatureSpace, labels: np.ndarray | None = None,
+                            cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """`fd_cifar` (the FID formula, `frechet_distance`, in the net's features), `kid_cifar` (`kernel_distance`) and,
+    given the class each image was asked for (`labels`, the net's class indices), `class_acc`."""
+    mu_ref, sigma_ref, reference_features = reference_statistics(reference, space.features, space.feature_id,
+                                                                 cache_dir, with_features=True)
+    features, logits = space.predict(images)
+    mu, sigma = statistics(features)
+    return {"fd_cifar": frechet_distance(mu, sigma, mu_ref, sigma_ref),
+            "kid_cifar": kernel_distance(features, reference_features, space.device),
+            "class_acc": None if labels is None else float((logits.argmax(1) == np.asarray(labels)).mean()),
+            "num_samples": len(images), "reference": reference_name, "feature_extractor": space.describe(),
+            "metric_note": PROXY_NOTE}
+
+
+def run_class_labels(class_names: list[str], space: CifarFeatureSpace, num_samples: int) -> np.ndarray | None:
+    """The net's class index of each sample of `generate` (sample i asks for class i mod K of the run), or None when
+    the run's classes are not the net's."""
+    index = {name: i for i, name in enumerate(space.class_names)}
+    if not class_names or any(name not in index for name in class_names):
+        return None
+    return np.asarray([index[class_names[i % len(class_names)]] for i in range(num_samples)])
+
+
+def cifar_metrics_of_run(run_dir: str | Path, num_samples: int, sample_steps: int = 30,
+                         guidances: tuple[float, ...] | list[float] = (2.0,), batch_size: int = 100,
+                         space: CifarFeatureSpace | None = None, reference_limit: int | None = None,
+                         cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """FD-CIFAR, KID-CIFAR and class accuracy of a CIFAR-10 run's samples at each guidance scale (the same samples'
+    noise at every scale: sample i is seeded by its index), and the best scale by FD-CIFAR (lowest), as the
+    supplement reports the best FID of its CFG sweep. Returns the best scale's metrics with `cfg_best` and
+    `per_guidance` (every scale's)."""
+    from snapgen.runs import open_run
+
+    if not guidances:
+        raise ValueError("no guidance scale given")
+    space = space or CifarFeatureSpace()  # missing weights fail here, before any sampling
+    run = open_run(run_dir)
+    if run.train.get("data", "cifar10") != "cifar10":
+        raise ValueError(f"FD-CIFAR of a run compares with CIFAR-10 train; {run_dir} trained on {run.train['data']!r}")
+    reference, reference_name = cifar10_reference(32, reference_limit)
+    reference_statistics(reference, space.features, space.feature_id, cache_dir, with_features=True)
+    labels = run_class_labels(list(run.class_names or []), space, num_samples)
+    per_guidance = []
+    for guidance in guidances:
+        images = generate(run_dir, num_samples, sample_steps, float(guidance), batch_size, device=space.device)
+        metrics = cifar_metrics_of_images(images, reference, reference_name, space, labels, cache_dir)
+        per_guidance.append({"guidance": float(guidance), **metrics})
+    best = min(per_guidance, key=lambda m: m["fd_cifar"])
+    return {**best, "cfg_best": best["guidance"], "sample_steps": sample_steps,
+            "per_guidance": [{k: m[k] for k in ("guidance", "fd_cifar", "kid_cifar", "class_acc")}
+                             for m in per_guidance]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.fid", description=__doc__.split("\n\n")[0])
     parser.add_argument("path", help="a training run directory (snapgen.train --out) or a folder of images")
-    parser.add_argument("--out", default=None, help="writes fid.json here (default: the run dir, or cwd)")
-    parser.add_argument("--n", type=int, default=PAPER_NUM_SAMPLES, help="samples to generate (paper: 50k)")
+    parser.add_argument("--out", default=None, help="writes fid.json (fd_cifar.json with --features cifar10) here "
+                                                    "(default: the run dir, or cwd)")
+    parser.add_argument("--features", default="inception", choices=FEATURE_SPACES,
+                        help="inception: FID (clean-fid's Inception weights); cifar10: the offline proxy FD-CIFAR, "
+                             "KID-CIFAR and class accuracy in our CIFAR-10 net's features (evals.feature_net)")
+    parser.add_argument("--feature-weights", default=None, help="--features cifar10: another weights file")
+    parser.add_argument("--n", type=int, default=None, help=f"samples to generate (default {PAPER_NUM_SAMPLES}, the "
+                                                            f"paper's; {CIFAR_DEFAULT_NUM_SAMPLES} for cifar10)")
     parser.add_argument("--steps", type=int, default=30, help="sampler steps")
-    parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[2.0],
+                        help="classifier-free guidance scale; with --features cifar10 several (a CFG sweep, e.g. "
+                             "1.3 1.65 2.0): the best FD-CIFAR is reported with its scale")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--reference-resolution", type=int, default=None,
                         help="image folders: CIFAR-10 train resized to this (default: the images' size)")
+    parser.add_argument("--reference-limit", type=int, default=None,
+                        help="--features cifar10: only this many CIFAR-10 train images as the reference (a quick "
+                             "CPU check; recorded in the output)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = parser.parse_args(argv)
-    for option, value in (("--n", args.n), ("--steps", args.steps), ("--batch-size", args.batch_size)):
+    cifar = args.features == "cifar10"
+    args.n = args.n if args.n is not None else (CIFAR_DEFAULT_NUM_SAMPLES if cifar else PAPER_NUM_SAMPLES)
+    for option, value in (("--n", args.n), ("--steps", args.steps), ("--batch-size", args.batch_size),
+                          ("--reference-limit", args.reference_limit or 1)):
         if value < 1:
             raise ValueError(f"{option} {value}: must be >= 1")
     if args.reference_resolution is not None and args.reference_resolution < 1:
         raise ValueError(f"--reference-resolution {args.reference_resolution}: must be >= 1")
+    if len(args.guidance) > 1 and not cifar:
+        raise ValueError("several --guidance values (a CFG sweep) are supported with --features cifar10 only")
+    if not cifar and (args.feature_weights or args.reference_limit):
+        raise ValueError("--feature-weights and --reference-limit apply to --features cifar10 only")
     path = Path(args.path)
-    if not (path / "config.yaml").is_file():  # an image folder: an empty one fails before the weights load
+    is_run = (path / "config.yaml").is_file()
+    if not is_run:  # an image folder: an empty one fails before the weights load
         load_image_dir(path, 1)
+    out = Path(args.out or (path if is_run else "."))
+    if cifar:
+        return _main_cifar(args, path, is_run, out)
     try:
         feature_fn = inception_feature_fn()
     except FIDWeightsMissing as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if (path / "config.yaml").is_file():
-        result = fid_of_run(path, args.n, args.steps, args.guidance, args.batch_size, feature_fn)
+    if is_run:
+        result = fid_of_run(path, args.n, args.steps, args.guidance[0], args.batch_size, feature_fn)
     else:
         images = load_image_dir(path, args.n)
         reference, name = cifar10_reference(args.reference_resolution or images.shape[1])
         result = fid_of_images(images, reference, name, feature_fn, FID_WEIGHTS)
     if result["num_samples"] < PAPER_NUM_SAMPLES:
         result["note"] = f"{result['num_samples']} samples; the paper's protocol uses {PAPER_NUM_SAMPLES}"
-    out = Path(args.out or (path if (path / "config.yaml").is_file() else "."))
     out.mkdir(parents=True, exist_ok=True)
     (out / "fid.json").write_text(json.dumps(result, indent=2))
     print(f"FID {result['fid']:.3f} ({result['num_samples']} samples vs. {result['reference']}, clean-fid "
           f"{MODE}); written to {out / 'fid.json'}")
+    return 0
+
+
+def _main_cifar(args: argparse.Namespace, path: Path, is_run: bool, out: Path) -> int:
+    from evals.feature_net import FeatureNetMissing
+
+    try:
+        space = CifarFeatureSpace(args.feature_weights)
+    except FeatureNetMissing as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if is_run:
+        result = cifar_metrics_of_run(path, args.n, args.steps, args.guidance, args.batch_size, space,
+                                      args.reference_limit)
+    else:
+        images = load_image_dir(path, args.n)
+        result = cifar_metrics_of_images(images, *cifar10_reference(32, args.reference_limit), space)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fd_cifar.json").write_text(json.dumps(result, indent=2))
+    cfg = f", best CFG {result['cfg_best']:g} of {', '.join(f'{g:g}' for g in args.guidance)}" if is_run else ""
+    acc = f", class_acc {100 * result['class_acc']:.1f}%" if result.get("class_acc") is not None else ""
+    print(f"fd_cifar {result['fd_cifar']:.3f}, kid_cifar {result['kid_cifar']:.5f}{acc} ({result['num_samples']} "
+          f"samples vs. {result['reference']}{cfg}; features {result['feature_extractor']}; a proxy, not FID); "
+          f"written to {out / 'fd_cifar.json'}")
     return 0
 
 

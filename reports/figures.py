@@ -1,11 +1,13 @@
 """Figures: our numbers with the paper's stated values annotated.
 
     python -m reports.figures fig3 [--efficiency-only] [--latent 128] [--from-json WALK.json] [--out PATH]
+    python -m reports.figures pareto [--scale small] [--tracking-uri URI] [--out PATH]
 
 fig3: per step of `snapgen.registry.walk('fig3')`, params and GFLOPs (ours, attention counted) as bars, each
 annotated with our delta vs. its parent and the delta Sec. 3.1 states. Without `--efficiency-only` it adds the
 quality/latency panels of `WALK_METRIC_PANELS`, filled from the MLflow `unet-ablation` runs named by step (a panel
-with no runs says so). `--from-json` reuses the output of `python -m snapgen.profile walk fig3 --json`.
+with no runs says so; with several seeds, bars are means with std error bars). pareto: quality vs. GFLOPs and vs.
+latency per walk step, with the Pareto front. `--from-json` reuses the output of `python -m snapgen.profile walk fig3 --json`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ WALK_METRIC_PANELS: list[tuple[str, str, str | None, bool]] = [
     ("latency_ms", "latency (ms)", "latency_delta_pct", True),
     ("val_loss", "validation loss (proxy; paper: none)", None, False),
 ]
+# The offline proxy (evals.fid --features cifar10): drawn only when some run has it; never labelled FID.
+PROXY_PANELS: list[tuple[str, str, str | None, bool]] = [
+    ("fd_cifar", "FD-CIFAR (our CIFAR-10 net's features; proxy, not FID)", None, False),
+    ("kid_cifar", "KID-CIFAR (proxy, not FID)", None, False),
+    ("class_acc", "class-consistency accuracy (higher is better)", None, False),
+]
 
 
 def _fmt_pct(value: float | None) -> str:
@@ -39,17 +47,21 @@ def _fmt_pct(value: float | None) -> str:
 
 
 def _bar_panel(ax, steps: list[str], values: list[float | None], title: str, ours_delta: list[float | None],
-               paper_text: list[str]) -> None:
-    """Bars of `values` (missing ones left empty), each labelled 'ours Δ / paper Δ'."""
+               paper_text: list[str], errors: list[float | None] | None = None) -> None:
+    """Bars of `values` (missing ones left empty), each labelled 'ours Δ / paper Δ'; `errors`: the std over seeds,
+    drawn as error bars (the label then gives ± std and n)."""
     xs = range(len(steps))
     heights = [v if v is not None else 0.0 for v in values]
-    bars = ax.bar(xs, heights, color=["#4c72b0" if v is not None else "#dddddd" for v in values])
-    top = max(heights) if any(heights) else 1.0
-    for bar, value, delta, paper in zip(bars, values, ours_delta, paper_text):
-        label = "missing" if value is None else f"{value:.4g}\nours {_fmt_pct(delta)}"
+    yerr = [e or 0.0 for e in errors] if errors and any(errors) else None
+    bars = ax.bar(xs, heights, color=["#4c72b0" if v is not None else "#dddddd" for v in values], yerr=yerr,
+                  capsize=3 if yerr else 0)
+    top = max(h + (e if yerr else 0) for h, e in zip(heights, yerr or [0] * len(heights))) if any(heights) else 1.0
+    for i, (bar, value, delta, paper) in enumerate(zip(bars, values, ours_delta, paper_text)):
+        spread = f" ± {errors[i]:.2g}" if errors and errors[i] else ""
+        label = "missing" if value is None else f"{value:.4g}{spread}\nours {_fmt_pct(delta)}"
         if paper:
             label += f"\npaper {paper}"
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02 * top, label,
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + (yerr[i] if yerr else 0) + 0.02 * top, label,
                 ha="center", va="bottom", fontsize=7)
     ax.set_title(title, fontsize=10)
     ax.set_xticks(list(xs), steps, rotation=30, ha="right", fontsize=8)
@@ -66,7 +78,9 @@ def fig3(rows: list[dict], out: Path, efficiency_only: bool = False, tracking_ur
          latent: int | None = None) -> Path:
     """Draw Fig. 3 from walk rows (`snapgen.profile.profile_walk('fig3', ...)`) and save it to `out` (PNG)."""
     steps = [r["step"] for r in rows]
-    panels = [] if efficiency_only else WALK_METRIC_PANELS
+    seeded = any(f"{m}_values" in r for r in rows for m in ("val_loss", "fd_cifar"))  # rows of walk_rows_from_mlflow
+    proxy = [p for p in PROXY_PANELS if any(r.get(f"{p[0]}_values") for r in rows)]
+    panels = [] if efficiency_only else WALK_METRIC_PANELS + proxy
     n_rows = 1 + (len(panels) + 1) // 2  # params | GFLOPs on the first row, the metric panels two a row below
     fig, grid = plt.subplots(n_rows, 2, figsize=(13, 5.5 * n_rows), squeeze=False)
     axes = grid.flatten()
@@ -80,10 +94,19 @@ def fig3(rows: list[dict], out: Path, efficiency_only: bool = False, tracking_ur
                [_fmt_pct(p.flops_delta_pct) if p and p.flops_delta_pct is not None else "" for p in paper])
 
     if panels:
-        runs, why = _walk_metrics(tracking_uri)
+        from reports.stats import summarize
+
+        if seeded:  # mean and std over seeds from the rows themselves
+            runs = {r["step"]: {m: r.get(m) for m, *_ in panels} for r in rows}
+            spread = {r["step"]: {m: summarize(r.get(f"{m}_values") or []).std for m, *_ in panels} for r in rows}
+            why = None
+        else:
+            runs, why = _walk_metrics(tracking_uri)
+            spread = {}
         parent_of = {r["step"]: r["parent"] for r in rows}
         for ax, (metric, title, paper_field, is_delta) in zip(axes[2:], panels):
             values = [runs.get(s, {}).get(metric) for s in steps]
+            errors = [spread.get(s, {}).get(metric) for s in steps]
             deltas = []
             for s, v in zip(steps, values):
                 parent_value = runs.get(parent_of[s], {}).get(metric) if parent_of[s] else None
@@ -92,7 +115,9 @@ def fig3(rows: list[dict], out: Path, efficiency_only: bool = False, tracking_ur
             for p in paper:
                 stated = getattr(p, paper_field, None) if p and paper_field else None
                 paper_text.append("" if stated is None else (_fmt_pct(stated) if is_delta else f"{stated:g}"))
-            _bar_panel(ax, steps, values, title, deltas, paper_text)
+            n = max((r.get("seeds") or 0) for r in rows) if seeded else 0
+            _bar_panel(ax, steps, values, title + (f"; mean ± std over {n} seeds" if n > 1 else ""), deltas,
+                       paper_text, errors)
             if all(v is None for v in values):
                 ax.text(0.5, 0.6, f"no MLflow data yet:\n{why or 'no runs with metric ' + metric}", ha="center",
                         va="center", transform=ax.transAxes, fontsize=8, wrap=True, color="#aa0000")
@@ -112,6 +137,52 @@ def fig3_from_mlflow(out: Path, tracking_uri: str | None = None, scale: str | No
     rows = [{**r, "params_m": r.get("params_m"), "gflops": r.get("gflops"), "d_params_pct": r.get("d_params_m_pct"),
              "d_gflops_pct": r.get("d_gflops_pct")} for r in rows]
     return fig3(rows, out, tracking_uri=tracking_uri, latent=128)
+
+
+def pareto(rows: list[dict], out: Path, title: str = "") -> Path:
+    """Quality vs. GFLOPs and vs. latency, one point per walk step (mean over seeds, error bars = std), with the
+    Pareto front (no other step both cheaper and better) drawn through it; quality is the walk's sign metric (FID,
+    else FD-CIFAR, else val loss; lower is better)."""
+    from reports.stats import summarize
+    from reports.tables import walk_quality_metric
+
+    metric, _ = walk_quality_metric(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for ax, cost, label in ((axes[0], "gflops", "GFLOPs (full-size, 128x128 latent)"),
+                            (axes[1], "latency_ms", "latency (ms; device in the table)")):
+        points = []
+        for r in rows:
+            s = summarize(r.get(f"{metric}_values") or ([r[metric]] if r.get(metric) is not None else []))
+            if r.get(cost) is not None and s.mean is not None:
+                points.append((r[cost], s.mean, s.std or 0.0, r["step"]))
+        if not points:
+            ax.text(0.5, 0.5, f"no runs with {cost} and {metric}", ha="center", transform=ax.transAxes)
+        for x, y, err, step in points:
+            ax.errorbar(x, y, yerr=err, fmt="o", color="#4c72b0", capsize=3)
+            ax.annotate(step, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front, best = [], float("inf")
+        for x, y, _, _ in sorted(points):  # cheapest first: a point is on the front when it beats every cheaper one
+            if y < best:
+                front.append((x, y))
+                best = y
+        if front:
+            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#dd8452", label="Pareto front")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{metric} (lower is better)" + ("; a proxy, not FID" if metric != "fid" else ""))
+    fig.suptitle(title or f"Fig. 3 walk: {metric} vs. cost (mean ± std over seeds)", fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def pareto_from_mlflow(out: Path, tracking_uri: str | None = None, scale: str | None = None) -> Path:
+    from reports.tables import walk_rows_from_mlflow
+
+    rows, scale, _ = walk_rows_from_mlflow("fig3", scale, tracking_uri)
+    return pareto(rows, out, f"Fig. 3 walk ({scale} scale): quality vs. GFLOPs and latency, mean ± std over seeds")
 
 
 def fig6(run: str | Path | None, out: Path) -> str:
@@ -158,7 +229,7 @@ def fewstep(run: str | Path, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reports.figures", description=__doc__.split("\n\n")[0])
-    parser.add_argument("figure", choices=["fig3", "fig6", "fewstep"])
+    parser.add_argument("figure", choices=["fig3", "pareto", "fig6", "fewstep"])
     parser.add_argument("run", nargs="?", default=None,
                         help="fig6: a KD training run directory (default: the newest under runs/sweeps/kd with bins); "
                              "fewstep: a step-distillation run directory")
@@ -176,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.run is None:
             parser.error("fewstep needs the step-distillation run directory")
         print(fewstep(args.run, args.out or Path(args.run) / "fewstep_vs_before.png"))
+        return 0
+    if args.figure == "pareto":  # always from the sweep's MLflow runs
+        print(pareto_from_mlflow(args.out or DEFAULT_FIG3_OUT.with_name("pareto.png"), args.tracking_uri, args.scale))
         return 0
     if args.figure == "fig6":
         print(fig6(args.run, args.out or DEFAULT_FIG3_OUT.with_name("fig6.png")))

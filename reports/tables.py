@@ -37,7 +37,7 @@ OURS_IMAGENET = "snapgen-imagenet"
 OURS_T2I = "snapgen-t2i"
 OURS_TINY_DECODER = "tiny"
 
-COLUMN_FORMATS = {"clip": ".3f", "dpg": ".1f", "val_loss": ".4f", "val_loss_ema": ".4f", "d_params": "+.1f", "d_gflops": "+.1f",
+COLUMN_FORMATS = {"gflops_128": ".0f", "clip": ".3f", "dpg": ".1f", "val_loss": ".4f", "val_loss_ema": ".4f", "d_params": "+.1f", "d_gflops": "+.1f",
                   "d_latency": "+.1f", "paper_d_params": "+.0f", "paper_d_gflops": "+.0f", "paper_d_latency": "+.0f"}  # decimals as the paper prints them; other floats ".2f"
 COLUMN_HEADERS = {
     "val_loss_ema": "val loss EMA",
@@ -63,6 +63,8 @@ class Table:
     frame: pd.DataFrame = field(default_factory=pd.DataFrame)
     footnotes: list[str] = field(default_factory=list)
     marks: dict[str, list[int]] = field(default_factory=dict)  # row name -> its footnote numbers (1-based)
+    headers: dict[str, str] = field(default_factory=dict)  # column -> header, over COLUMN_HEADERS
+    details: pd.DataFrame | None = None  # every column, for a CSV beside a compact table (fig3)
 
     def note(self, row: str, text: str) -> None:
         """Footnote `text` on row `row`; rows with the same reason share one footnote."""
@@ -269,16 +271,22 @@ def kd_table(efficiency_only: bool = False, tracking_uri: str | None = None) -> 
 # Fig. 3 walk from the sweep's MLflow runs (ablations.sweep unet): one row per step, our deltas beside the paper's.
 
 EXPERIMENT_UNET_ABLATION = "unet-ablation"
-WALK_METRICS = ("params_m", "gflops", "latency_ms", "val_loss", "fid", "params_m_trained")
+WALK_METRICS = ("params_m", "gflops", "latency_ms", "val_loss", "fid", "params_m_trained", "fd_cifar", "kid_cifar",
+                "class_acc", "cfg_best")
+# Quality metrics of the walk, in the order one is chosen for the sign column (the first any run has), and whether
+# lower is better. FID is FID (clean-fid's Inception); fd_cifar/kid_cifar/class_acc are the offline proxy.
+WALK_QUALITY = (("fid", True), ("fd_cifar", True), ("val_loss", True))
+WALK_DETAIL_QUALITY = (("fid", True), ("fd_cifar", True), ("kid_cifar", True), ("class_acc", False),
+                       ("val_loss", True))
 
 
 def walk_rows_from_mlflow(walk: str = "fig3", scale: str | None = None, tracking_uri: str | None = None,
                           experiment: str = EXPERIMENT_UNET_ABLATION) -> tuple[list[dict], str | None, str | None]:
     """Rows of the walk's steps from FINISHED MLflow runs tagged `walk`: ([row], scale used, why empty or None).
 
-    A row has step, parent, delta, the `WALK_METRICS` (mean over seeds; newest run per seed), `seeds`, `device`,
-    `latency_backend` and `d_<metric>_pct` vs. the parent step. `scale` None = the scale of the newest run.
-    Steps without a run are rows with missing values.
+    A row has step, parent, delta, the `WALK_METRICS` (mean over seeds; newest run per seed) with each one's per-seed
+    values in `<metric>_values`, `seeds`, `device`, `latency_backend` and `d_<metric>_pct` vs. the parent step.
+    `scale` None = the scale of the newest run. Steps without a run are rows with missing values.
     """
     from snapgen.registry import walk as registry_walk
 
@@ -307,14 +315,16 @@ def walk_rows_from_mlflow(walk: str = "fig3", scale: str | None = None, tracking
             newest.setdefault((tags.get("step"), tags.get("seed")), run)
     rows: dict[str, dict] = {}
     for step in steps:
-        seeds = [r for (name, _), r in newest.items() if name == step.name]
+        seeds = [r for (name, _), r in sorted(newest.items(), key=lambda kv: str(kv[0][1])) if name == step.name]
         row: dict[str, Any] = {"step": step.name, "parent": step.parent, "delta": step.delta, "seeds": len(seeds)}
         for metric in WALK_METRICS:
             values = [r.data.metrics[metric] for r in seeds if metric in r.data.metrics]
+            row[f"{metric}_values"] = values
             row[metric] = sum(values) / len(values) if values else None
         if seeds:
             row.update(device=seeds[0].data.tags.get("device"), latency_backend=seeds[0].data.tags.get(
-                "latency_backend"), run_ids=[r.info.run_id for r in seeds])
+                "latency_backend"), run_ids=[r.info.run_id for r in seeds],
+                metric_note=seeds[0].data.tags.get("fd_cifar_note") or seeds[0].data.tags.get("metric_note"))
         parent = rows.get(step.parent) if step.parent else None
         for metric in WALK_METRICS:
             value, base = row[metric], parent.get(metric) if parent else None
@@ -324,10 +334,52 @@ def walk_rows_from_mlflow(walk: str = "fig3", scale: str | None = None, tracking
     return list(rows.values()), scale, None if found else f"no finished {scale!r} runs of walk {walk!r}"
 
 
+def walk_quality_metric(rows: list[dict]) -> tuple[str, bool]:
+    """The walk's quality metric for the sign column: FID where measured, else FD-CIFAR, else val_loss."""
+    for metric, lower in WALK_QUALITY:
+        if any(r.get(f"{metric}_values") for r in rows):
+            return metric, lower
+    return "val_loss", True
+
+
+def _pm(summary) -> str | None:
+    if summary.mean is None:
+        return None
+    return f"{summary.mean:.4g}" + (f" ± {summary.std:.2g}" if summary.std is not None else "")
+
+
+def _interval(change) -> str | None:
+    if change.mean is None:
+        return None
+    if change.low is None:
+        return f"{change.mean:+.3g}"
+    return f"{change.mean:+.3g} [{change.low:+.2g}, {change.high:+.2g}]"
+
+
+def _pct_beside_paper(ours: float | None, stated: float | None) -> str | None:
+    if ours is None and stated is None:
+        return None
+    return f"{'—' if ours is None else format(ours, '+.1f')} ({'—' if stated is None else format(stated, '+.0f')})"
+
+
+def _paper_quality(p) -> str | None:
+    if p is None:
+        return None
+    if p.fid is not None and p.fid_parent is not None:
+        return f"{p.fid_parent:g}→{p.fid:g}"
+    if p.fid is not None:
+        return f"{p.fid:g}"
+    return {"better": "better", "worse": "worse", "comparable": "≈"}.get(p.fid_direction or "")
+
+
 def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, scale: str | None = None) -> Table:
-    """Fig. 3 walk: per step our params, GFLOPs (128x128 latent), latency and quality with deltas vs. the parent
-    step, beside the deltas Sec. 3.1 states (`paper.FIG3_STEPS`)."""
-    table = Table("fig3", "Fig. 3 walk: ours (MLflow unet-ablation) beside the paper (Sec. 3.1)", key="step")
+    """Fig. 3 walk: per step our GFLOPs (128x128 latent) and quality over seeds (mean ± std), the quality change vs.
+    the parent step with its 95% t-interval (Welch), the paper's FID (Sec. 3.1) and the sign verdict: 'as paper',
+    'opposite', or 'within noise' when the change's interval covers 0. `table.details` holds every column (params,
+    latency, each quality metric's mean/std/interval/change/sign, seeds, run ids) for the CSV beside the table."""
+    from reports import stats
+
+    table = Table("fig3", "Fig. 3 walk: ours beside the paper (Sec. 3.1)", key="step")
     if efficiency_only:
         from snapgen.profile import profile_walk
 
@@ -335,34 +387,69 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
                 for r in profile_walk("fig3", 128)]
         why, scale = None, None
         for r in rows:
-            _efficiency_only_note(table, r["step"], ["latency_ms", "val_loss", "fid"])
+            _efficiency_only_note(table, r["step"], ["quality"])
     else:
         rows, scale, why = walk_rows_from_mlflow("fig3", scale, tracking_uri)
-    out = []
+    quality, lower_is_better = walk_quality_metric(rows)
+    by_step = {r["step"]: r for r in rows}
+    compact, details = [], []
     for r in rows:
         p = paper.FIG3_STEPS.get(r["step"])
-        out.append({
-            "step": r["step"], "params_m": r.get("params_m"), "d_params": r.get("d_params_m_pct"),
+        parent = by_step.get(r.get("parent")) if r.get("parent") else None
+        detail: dict[str, Any] = {
+            "step": r["step"], "parent": r.get("parent"), "seeds": r.get("seeds"),
+            "params_m": r.get("params_m"), "d_params": r.get("d_params_m_pct"),
             "paper_d_params": p.params_delta_pct if p else None, "gflops": r.get("gflops"),
             "d_gflops": r.get("d_gflops_pct"), "paper_d_gflops": p.flops_delta_pct if p else None,
             "latency_ms": r.get("latency_ms"), "d_latency": r.get("d_latency_ms_pct"),
-            "paper_d_latency": p.latency_delta_pct if p else None, "val_loss": r.get("val_loss"),
-            "fid": r.get("fid"), "paper_fid": p.fid if p else None,
-            # paper columns (Sec. 3.1 deltas) beside ours: the source names both, the paper first as in every table
-            "source": f"paper: Sec. 3.1 deltas; ours: MLflow unet-ablation ({scale or 'no'} scale)"
-            if not efficiency_only else "paper: Sec. 3.1 deltas; ours: snapgen.profile (128x128 latent)",
+            "paper_d_latency": p.latency_delta_pct if p else None, "paper_fid": p.fid if p else None,
+            "paper_quality": (p.fid_note or p.fid_direction) if p else None,
+        }
+        for metric, lower in WALK_DETAIL_QUALITY:
+            mine = r.get(f"{metric}_values") or []
+            summary = stats.summarize(mine)
+            change = stats.difference(mine, (parent or {}).get(f"{metric}_values") or []) if parent else \
+                stats.Summary(0, None, None, None, None)
+            detail.update({f"{metric}_mean": summary.mean, f"{metric}_std": summary.std,
+                           f"{metric}_ci_low": summary.low, f"{metric}_ci_high": summary.high,
+                           f"d_{metric}": change.mean, f"d_{metric}_ci_low": change.low,
+                           f"d_{metric}_ci_high": change.high,
+                           f"sign_{metric}": stats.verdict(change, p.fid_direction if p and parent else None, lower)
+                           if mine else None})
+        detail.update(cfg_best=" ".join(f"{v:g}" for v in r.get("cfg_best_values") or []) or None,
+                      device=r.get("device"), latency_backend=r.get("latency_backend"),
+                      run_ids=" ".join(r.get("run_ids") or []) or None, metric_note=r.get("metric_note"))
+        details.append(detail)
+        summary = stats.summarize(r.get(f"{quality}_values") or [])
+        change = stats.difference(r.get(f"{quality}_values") or [], (parent or {}).get(f"{quality}_values") or [])
+        compact.append({
+            "step": r["step"], "seeds": r.get("seeds"), "gflops_128": r.get("gflops"),
+            "d_gflops": _pct_beside_paper(r.get("d_gflops_pct"), p.flops_delta_pct if p else None),
+            "quality": _pm(summary),
+            "d_quality": _interval(change) if parent else None, "paper_quality": _paper_quality(p),
+            "sign": detail[f"sign_{quality}"] or None,
+            "source": "paper: Sec. 3.1 text; ours: " + (
+                "snapgen.profile (128x128 latent)" if efficiency_only else f"MLflow unet-ablation ({scale} scale)"),
         })
+        detail["source"] = compact[-1]["source"]
         if not efficiency_only and not r.get("seeds"):
             table.note(r["step"], why or f"no finished {scale!r} run of this step")
-        elif not efficiency_only and r.get("fid") is None:
-            table.note(r["step"], "FID not measured at this scale or its Inception weights were missing "
-                                  "(see the run's fid_note tag); val_loss is the quality proxy")
+    table.footnotes.append("paper columns: Sec. 3.1 text (FLOPs deltas and FID as stated); ours: " + (
+        "snapgen.profile" if efficiency_only else f"MLflow unet-ablation, {scale or 'no'} scale") +
+        "; every column, seed interval and run id in the details CSV (--details)")
     if not efficiency_only and any(r.get("seeds") for r in rows):
         device = next((r.get("device") for r in rows if r.get("device")), None)
-        table.footnotes.append(f"params/GFLOPs/latency of the full-size architectures (the trained nets at smoke "
-                               f"scale are width-32 proxies); GFLOPs at a 128x128 latent; latency on {device}, "
-                               f"not the paper's iPhone 15 Pro; deltas (%) vs. the parent step")
-    table.frame = pd.DataFrame(out)
+        label = {"fid": "FID (clean-fid)", "fd_cifar": "FD-CIFAR (our CIFAR-10 net's features; a proxy, not FID)",
+                 "val_loss": "validation loss (a proxy, not FID)"}[quality]
+        table.footnotes.append(f"quality: {label}, mean ± std over seeds; Δ vs. the parent step with its 95% "
+                               f"t-interval (Welch); sign 'within noise' when that interval covers 0")
+        table.footnotes.append(f"GFLOPs of the full-size architectures at a 128x128 latent (trained nets may be "
+                               f"shrunk proxies); latency (CSV) on {device}, not the paper's iPhone 15 Pro")
+    table.frame = pd.DataFrame(compact)
+    table.headers = {"seeds": "n", "gflops_128": "GFLOPs", "d_gflops": "ΔFLOPs (paper)",
+                     "quality": quality, "d_quality": "Δ [95% CI]", "paper_quality": "paper FID",
+                     "sign": "sign"}
+    table.details = pd.DataFrame(details)
     return table
 
 
@@ -391,12 +478,13 @@ def _display_frame(table: Table) -> pd.DataFrame:
         return str(value)
 
     frame = table.frame.astype(object).copy()
-    is_paper = [str(source).startswith("paper") for source in frame["source"]]
+    is_paper = [str(source).startswith("paper") for source in frame["source"]] if "source" in frame else \
+        [False] * len(frame)
     for column in frame.columns:
         frame[column] = [fmt(v, column, p) for v, p in zip(frame[column], is_paper)]
     key, marks = table.key, table.marks
     frame[key] = [f"{name} [{','.join(map(str, marks[name]))}]" if name in marks else name for name in frame[key]]
-    return frame.rename(columns=COLUMN_HEADERS)
+    return frame.rename(columns={**COLUMN_HEADERS, **table.headers})
 
 
 def render(table: Table, fmt: str = "md") -> tuple[str, str]:
@@ -404,7 +492,20 @@ def render(table: Table, fmt: str = "md") -> tuple[str, str]:
     frame = _display_frame(table)
     notes = [f"[{i}] {text}" for i, text in enumerate(table.footnotes, 1)]
     if fmt == "md":
-        body = f"**{table.title}**\n\n" + frame.to_markdown(index=False, disable_numparse=True)
+        import tabulate
+
+        padding = tabulate.MIN_PADDING
+        if table.details is not None:  # a compact table (its details go to a CSV): no padding beyond the widest cell
+            tabulate.MIN_PADDING = 0
+        try:
+            shown = frame.drop(columns=["source"]) if table.details is not None else frame  # it is a footnote there
+            body = f"**{table.title}**\n\n" + shown.to_markdown(index=False, disable_numparse=True)
+        finally:
+            tabulate.MIN_PADDING = padding
+        if table.details is not None:
+            import textwrap
+
+            notes = [textwrap.fill(n, 120, subsequent_indent="    ") for n in notes]
         return body, "\n".join(notes)
     if fmt == "csv":
         return frame.to_csv(index=False).rstrip("\n"), "\n".join(notes)
@@ -423,14 +524,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None,
                         help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {tracking.DEFAULT_TRACKING_URI})")
     parser.add_argument("--scale", default=None, help="fig3: the sweep scale to read (default: the newest run's)")
+    parser.add_argument("--details", default=None, metavar="CSV",
+                        help="fig3: also write every column (params, latency, each quality metric's mean, std, 95%% "
+                             "interval, change and sign, seeds, run ids) to this CSV")
     parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = parser.parse_args(argv)
-    if args.scale is not None and args.table != "fig3":
-        parser.error("--scale applies to fig3 only")
+    if (args.scale is not None or args.details is not None) and args.table != "fig3":
+        parser.error("--scale and --details apply to fig3 only")
     scale = {"scale": args.scale} if args.table == "fig3" else {}
     table = TABLES[args.table](efficiency_only=args.efficiency_only, tracking_uri=args.tracking_uri, **scale)
     body, notes = render(table, args.format)
     print(body)
+    if args.details is not None and table.details is not None:
+        Path(args.details).parent.mkdir(parents=True, exist_ok=True)
+        table.details.to_csv(args.details, index=False)
+        print(f"details: {args.details}", file=sys.stderr)
     if notes:
         # CSV stays machine-readable: its footnotes go to stderr.
         print(("" if args.format == "csv" else "\n") + notes, file=sys.stderr if args.format == "csv" else sys.stdout)

@@ -35,6 +35,7 @@ class Fig3Step:
     fid_parent: float | None = None
     fid: float | None = None
     fid_note: str | None = None  # the text's qualitative claim where it gives no number
+    fid_direction: str | None = None  # what the text says the step does to quality: better | worse | comparable
     source: str = "Sec. 3.1 text"
 
 
@@ -44,20 +45,23 @@ FIG3_STEPS: dict[str, Fig3Step] = {
         Fig3Step("a_baseline", "SDXL UNet thinned: channels [256, 512, 896], transformer blocks [0, 2, 4]",
                  fid=3.76, source="Sec. 3.1 text (baseline FID, quoted in the SA-removal paragraph)"),
         Fig3Step("b_no_sa_high_res", "self-attention only in the lowest-resolution stage",
-                 flops_delta_pct=-17.0, latency_delta_pct=-24.0, fid_parent=3.76, fid=3.12),
+                 flops_delta_pct=-17.0, latency_delta_pct=-24.0, fid_parent=3.76, fid=3.12, fid_direction="better"),
         Fig3Step("c_sepconv_plain", "Conv -> separable conv (DW + PW), no expansion",
-                 params_delta_pct=-24.0, latency_delta_pct=-62.0, fid_parent=3.12, fid=3.38),
+                 params_delta_pct=-24.0, latency_delta_pct=-62.0, fid_parent=3.12, fid=3.38,
+                 fid_direction="worse"),
         Fig3Step("c_sepconv_expanded", "Conv -> expanded separable conv (UIB-like, expansion 2)",
                  params_delta_pct=-15.0, flops_delta_pct=-27.0, speedup=2.4, fid_parent=3.12,
-                 fid_note="lower FID than 3.12 (no number given)"),
+                 fid_note="lower FID than 3.12 (no number given)", fid_direction="better"),
         Fig3Step("d_ffn_trim", "FFN expansion ratio 4 -> 3 (gated)",
-                 params_delta_pct=-12.0, flops_delta_pct=-12.0, fid_note="comparable FID (no number given)"),
+                 params_delta_pct=-12.0, flops_delta_pct=-12.0, fid_note="comparable FID (no number given)",
+                 fid_direction="comparable"),
         Fig3Step("e_mqa", "MHSA -> MQA", params_delta_pct=-16.0, flops_delta_pct=-6.0, latency_delta_pct=-9.0,
-                 fid_note="minimal impact on performance (no number given)"),
+                 fid_note="minimal impact on performance (no number given)", fid_direction="comparable"),
         Fig3Step("f_first_stage_ca", "transformer blocks with CA + FFN (no SA) in the first stage",
-                 fid_note="smaller, faster, and better FID (no numbers given)"),
+                 fid_note="smaller, faster, and better FID (no numbers given)", fid_direction="better"),
         Fig3Step("g_qk_rmsnorm_rope", "QK RMSNorm + 2-D RoPE",
-                 fid_note="negligible compute/param overhead, measurable FID gain (no numbers given)"),
+                 fid_note="negligible compute/param overhead, measurable FID gain (no numbers given)",
+                 fid_direction="better"),
     )
 }
 

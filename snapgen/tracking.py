@@ -37,7 +37,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 EXPERIMENTS = ("unet-ablation", "kd-ablation", "decoder", "imagenet", "t2i-evals")
 REQUIRED_TAGS = ("step", "scale", "git_sha", "config_hash", "device", "latency_backend")
 METRICS = ("params_m", "gflops", "latency_ms", "fid", "val_loss", "train_loss", "geneval_overall", "dpg_overall",
-           "clip_score", "image_reward", "psnr", "lpips")
+           "clip_score", "image_reward", "psnr", "lpips",
+           "fd_cifar", "kid_cifar", "class_acc", "cfg_best")  # the offline proxy (evals.fid --features cifar10)
 ERROR_TAG = "error"
 MAX_TAG_CHARS = 5000  # MLflow limits tag values (8000 in 3.x); keep the tail of a traceback, where the cause is
 MAX_PARAM_CHARS = 500  # long params (lists of 0/1 flags) are cut with a marker; the full config is an artifact
