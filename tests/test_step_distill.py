@@ -188,3 +188,20 @@ def test_ladd_heads_learn_through_the_engine_and_steer_the_student(tmp_path, one
                 p -= 1e-2 * g / norm  # a small step along -grad L_adv^G
         after = torch.stack([f.mean() for f in fake_logits()]).mean().item()
     assert after > before
+
+
+def test_adversarial_options_are_checked_and_the_chance_watch_warns_once():
+    from snapgen.adversarial import ChanceWatch
+
+    for bad, match in ((dict(d_noise="high"), "d_noise"), (dict(head_blocks=(1, 1)), "head_blocks"),
+                       (dict(adv_start=-1), "adv_start"), (dict(adv_weight=-0.5), "adv_weight"),
+                       (dict(d_warmup=-1), "d_warmup")):
+        with pytest.raises(ValueError, match=match):
+            StepDistillConfig(**bad)
+    watch = ChanceWatch("d_", window=100)
+    at_chance = lambda step: {"step": step, "d_acc_real": 0.52, "d_acc_fake": 0.49}
+    lines = [watch.describe(at_chance(step)) for step in range(50, 400, 50)]
+    assert [bool(x) for x in lines] == [False, False, True, False, False, False, False]
+    assert "at chance since step 50" in lines[2]
+    assert watch.describe({"step": 400, "d_acc_real": 0.9, "d_acc_fake": 0.8}) == ""  # D learned: the watch resets
+    assert [bool(watch.describe(at_chance(s))) for s in (450, 500, 550)] == [False, False, True]
