@@ -370,6 +370,7 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
 # Issue 19: the adversarial terms with and without (ablations/specs/adversarial_*.yaml), no paper numbers exist.
 
 EXPERIMENT_ADVERSARIAL = "adversarial-ablation"
+OURS_ONLY_TABLES = ("adversarial",)  # tables without paper rows
 ADVERSARIAL_ARMS = (("step distillation", "adv"), ("step distillation", "no_adv"), ("decoder", "gan"),
                     ("decoder", "no_gan"))
 ADVERSARIAL_COLUMNS = {"d_acc": "d_acc_balanced_late", "adv_ratio": None, "mse_4": "fewstep_mse_vs_teacher_4",

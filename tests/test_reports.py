@@ -46,7 +46,8 @@ def test_tables_render_with_ours_missing(name, fmt, tmp_path):
     assert not (tmp_path / "absent.db").exists()  # reading never creates a tracking database
     if fmt == "csv":
         frame = pd.read_csv(io.StringIO(body))
-        assert "source" in frame.columns and (frame["source"].str.startswith("paper")).any()
+        assert "source" in frame.columns
+        assert (frame["source"].str.startswith("paper")).any() or name in tables.OURS_ONLY_TABLES
     if fmt == "tex":
         assert "\\begin{tabular}" in body and notes.startswith("% [1]")
 
@@ -189,3 +190,22 @@ def test_fewstep_figure_orders_panels_and_refuses_an_empty_run(tmp_path):
     assert [image.getpixel((i * 28 + 10, 50))[0] for i in range(3)] == [10, 30, 200]
     with pytest.raises(FileNotFoundError, match="step_distill"):
         figures.fewstep(tmp_path / "empty", tmp_path / "x.png")
+
+
+def test_adversarial_table_reads_the_arms(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(tables.EXPERIMENT_ADVERSARIAL)
+        with mlflow.start_run(run_name="adv", tags={"scale": "small"}):
+            mlflow.log_metrics({"d_acc_balanced_late": 0.71, "g_adv_grad_ratio": 0.2, "fewstep_mse_vs_teacher_4": 0.02})
+        with mlflow.start_run(run_name="no_gan", tags={"scale": "small"}):
+            mlflow.log_metrics({"psnr": 40.5})
+    finally:
+        mlflow.set_tracking_uri(None)
+    frame = tables.adversarial_table(tracking_uri=uri, scale="small").frame.set_index("arm")
+    assert frame.loc["adv", "d_acc"] == pytest.approx(0.71) and frame.loc["adv", "adv_ratio"] == pytest.approx(0.2)
+    assert frame.loc["adv", "mse_4"] == pytest.approx(0.02) and frame.loc["no_gan", "psnr"] == pytest.approx(40.5)
+    assert pd.isna(frame.loc["gan", "psnr"])  # no such run: missing, with a footnote
+    assert pd.isna(tables.adversarial_table(tracking_uri=uri, scale="smoke").frame.set_index("arm").loc["adv", "d_acc"])
