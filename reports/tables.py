@@ -371,8 +371,8 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
 
 EXPERIMENT_ADVERSARIAL = "adversarial-ablation"
 OURS_ONLY_TABLES = ("adversarial",)  # tables without paper rows
-ADVERSARIAL_ARMS = (("step distillation", "adv"), ("step distillation", "no_adv"), ("decoder", "gan"),
-                    ("decoder", "no_gan"))
+ADVERSARIAL_ARMS = (("step distillation", "adv"), ("step distillation", "adv_clean"), ("step distillation", "no_adv"),
+                    ("decoder", "gan"), ("decoder", "no_gan"))
 ADVERSARIAL_COLUMNS = {"d_acc": "d_acc_balanced_late", "adv_ratio": None, "mse_4": "fewstep_mse_vs_teacher_4",
                        "mse_8": "fewstep_mse_vs_teacher_8", "fd_cifar_4": "fd_cifar_4", "fd_cifar_8": "fd_cifar_8",
                        "psnr": "psnr", "psnr_photos": "psnr_photos", "lpips": "lpips"}

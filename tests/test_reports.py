@@ -209,3 +209,21 @@ def test_adversarial_table_reads_the_arms(tmp_path):
     assert frame.loc["adv", "mse_4"] == pytest.approx(0.02) and frame.loc["no_gan", "psnr"] == pytest.approx(40.5)
     assert pd.isna(frame.loc["gan", "psnr"])  # no such run: missing, with a footnote
     assert pd.isna(tables.adversarial_table(tracking_uri=uri, scale="smoke").frame.set_index("arm").loc["adv", "d_acc"])
+
+
+def test_d_accuracy_figure_plots_each_arm_of_a_sweep_root(tmp_path):
+    from reports.figures import d_accuracy
+    from snapgen.runs import append_metrics
+
+    for sweep, arm, prefix in (("adversarial_decoder", "gan", "train_d_"), ("adversarial_step_distill", "adv", "d_")):
+        run = tmp_path / sweep / arm
+        run.mkdir(parents=True)
+        (run / "trial_result.json").write_text(json.dumps({"trial": {"sweep": sweep, "step": arm}}))
+        for step in (10, 20):
+            append_metrics(run, {"step": step, prefix + "acc_real": 0.6, prefix + "acc_fake": 0.4 + step / 100})
+    (tmp_path / "adversarial_decoder" / "no_gan").mkdir()  # an arm without a discriminator is left out
+    append_metrics(tmp_path / "adversarial_decoder" / "no_gan", {"step": 10, "train_loss": 1.0})
+    out = d_accuracy(tmp_path, tmp_path / "d.png")
+    assert out.is_file() and out.stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="d_acc_real"):
+        d_accuracy(tmp_path / "adversarial_decoder" / "no_gan", tmp_path / "none.png")

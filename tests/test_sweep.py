@@ -188,8 +188,10 @@ def test_adversarial_specs_plan_one_trial_per_arm_of_another_stage(tmp_path):
 
     for scale in ("smoke", "small"):
         distill = sweep.plan(sweep.load_spec("adversarial_step_distill"), scale)
-        assert [t["step"] for t in distill] == ["adv", "no_adv"] and {t["stage"] for t in distill} == {"step_distill"}
-        assert [stage_config(t).adv_weight for t in distill] == [1.0, 0.0]
+        assert [t["step"] for t in distill] == ["adv", "no_adv", "adv_clean"]
+        assert {t["stage"] for t in distill} == {"step_distill"}
+        assert [(stage_config(t).adv_weight, stage_config(t).d_noise) for t in distill] == [
+            (1.0, "next"), (0.0, "next"), (1.0, "clean")]
         assert student_config(distill[0]) == student_config(distill[1])  # both arms distil the same student
         decoder = sweep.plan(sweep.load_spec("adversarial_decoder"), scale)
         assert [stage_config(t).gan_weight for t in decoder] == [0.1, 0.0]
