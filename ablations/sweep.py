@@ -1,7 +1,8 @@
-"""Ablation sweeps: `python -m ablations.sweep unet|unet_loo|kd|decoder [--scale smoke|small|paper]
-[--executor ray|local] [--seeds N] [--spec PATH] [--dry-run]`.
+"""Ablation sweeps: `python -m ablations.sweep unet|unet_loo|kd|adversarial_step_distill|adversarial_decoder
+[--scale smoke|small|paper] [--executor ray|local] [--seeds N] [--spec PATH] [--dry-run]`.
 
-A spec (`ablations/specs/<sweep>.yaml`) names the trials (a registry walk, or KD rows), and per scale the training
+A spec (`ablations/specs/<sweep>.yaml`) names the trials (a registry walk, KD rows, or a `stage` (step_distill,
+decoder) with `arms`: {name: option overrides}, run by `ablations.stage_trials`), and per scale the training
 overrides, the FID settings and the profile settings. `plan` turns it into trial dicts; each trial is a plain function
 call (`ablations.trial.run_trial`) wrapped by `run_and_log`, which skips configs MLflow already holds as FINISHED,
 retries a failed trial once, then logs it FAILED with its error and goes on. The executors only differ in where
@@ -39,8 +40,8 @@ from snapgen import tracking
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
 SPEC_KEYS = {"sweep", "experiment", "walk", "steps", "arch", "rows", "teacher", "seeds", "metric_note", "scales",
-             "description"}
-SCALE_KEYS = {"train", "fid", "fd_cifar", "profile", "metric_note", "teacher"}
+             "description", "stage", "arms"}
+SCALE_KEYS = {"train", "fid", "fd_cifar", "profile", "metric_note", "teacher", "student", "eval"}
 EXECUTORS = ("local", "ray")
 ATTEMPTS = 2  # a failed trial is retried once
 
@@ -70,8 +71,14 @@ def load_spec(name_or_path: str | Path) -> dict[str, Any]:
         bad = sorted(set(block or {}) - SCALE_KEYS)
         if bad:
             raise ValueError(f"{path}: scale {scale!r} has unknown keys {bad}; valid keys: {sorted(SCALE_KEYS)}")
-    if ("walk" in spec) == ("rows" in spec):
-        raise ValueError(f"{path}: a spec names either a registry `walk` or KD `rows`, exactly one")
+    if sum(key in spec for key in ("walk", "rows", "stage")) != 1:
+        raise ValueError(f"{path}: a spec names a registry `walk`, KD `rows` or a `stage` with `arms`, exactly one")
+    if "stage" in spec:
+        from ablations.stage_trials import STAGES
+
+        if spec["stage"] not in STAGES or not isinstance(spec.get("arms"), dict) or not spec["arms"]:
+            raise ValueError(f"{path}: stage {spec['stage']!r} needs `arms` ({{name: option overrides}}); valid "
+                             f"stages: {', '.join(STAGES)}")
     spec["_path"] = str(path)
     return spec
 
@@ -129,6 +136,12 @@ def plan(spec: dict[str, Any], scale: str, seeds: int | None = None, out_root: s
             step, arch = walk[name]
             entries.append({"walk": spec["walk"], "step": name, "parent": step.parent, "delta": step.delta,
                             "arch": arch, "kd_row": None})
+    elif "stage" in spec:  # another stage's arms (ablations.stage_trials): the same trial per arm, its options apart
+        for arm, overrides in spec["arms"].items():
+            entries.append({"walk": None, "step": arm, "parent": None, "delta": None, "arch": spec["stage"],
+                            "kd_row": None, "stage": spec["stage"], "arm": dict(overrides or {}),
+                            "student": dict(block.get("student") or {}), "eval": dict(block.get("eval") or {}),
+                            "teacher_options": dict(block.get("teacher") or {})})
     else:
         from snapgen.registry import KD_ROWS
 
@@ -487,10 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds}: must be >= 1")
     trials = plan(spec, args.scale, args.seeds, args.out_root, args.profile_cache, progress=not args.no_progress)
+    from ablations.stage_trials import stage_config
     from ablations.trial import train_config
 
     for trial in trials:  # every trial's options are checked before the first trains (a bad --set fails here)
-        train_config(trial)
+        stage_config(trial) if trial.get("stage") else train_config(trial)
     if args.only is not None:
         unknown = sorted(set(args.only) - {t["step"] for t in trials})
         if unknown:

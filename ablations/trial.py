@@ -210,6 +210,10 @@ def run_trial(trial: dict[str, Any], callbacks=()) -> dict[str, Any]:
 
     from snapgen.train import train
 
+    if trial.get("stage"):  # a step-distillation or decoder arm (specs with `stage` and `arms`)
+        from ablations.stage_trials import run_stage_trial
+
+        return run_stage_trial(trial, callbacks)
     out = trial_dir(trial)
     cfg = train_config(trial)
     live = live_run(trial, cfg) if trial.get("_tracking_uri") else None

@@ -227,12 +227,49 @@ def fewstep(run: str | Path, out: Path) -> Path:
     return out
 
 
+def d_accuracy(root: str | Path, out: Path) -> Path:
+    """The discriminators' accuracy curves of an adversarial sweep's trials (`ablations.sweep adversarial_*
+    --out-root ROOT`): per arm, (acc_real + acc_fake) / 2 against the step (solid) with acc_real and acc_fake (thin),
+    one panel per stage; 0.5 is chance. Reads each trial's metrics.jsonl and, for its name, trial_result.json."""
+    from snapgen.runs import read_metrics
+
+    panels: dict[str, list[tuple[str, list[dict]]]] = {}
+    for metrics in sorted(Path(root).rglob("metrics.jsonl")):
+        result = metrics.parent / "trial_result.json"
+        trial = json.loads(result.read_text())["trial"] if result.is_file() else {}
+        records = read_metrics(metrics.parent)
+        prefix = next((p for p in ("d_", "train_d_") if any(p + "acc_real" in r for r in records)), None)
+        if prefix is not None:
+            points = [(r["step"], r[prefix + "acc_real"], r[prefix + "acc_fake"]) for r in records
+                      if prefix + "acc_real" in r]
+            panels.setdefault(trial.get("sweep", prefix), []).append((trial.get("step", metrics.parent.name), points))
+    if not panels:
+        raise FileNotFoundError(f"no run under {root} logged a discriminator's accuracy (d_acc_real / "
+                                f"train_d_acc_real): run an adversarial sweep with --out-root {root}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (name, arms) in zip(axes[0], sorted(panels.items())):
+        for label, points in arms:
+            steps, real, fake = zip(*points)
+            line, = ax.plot(steps, [(r + f) / 2 for r, f in zip(real, fake)], label=f"{label} (balanced)")
+            ax.plot(steps, real, color=line.get_color(), lw=0.6, ls="--")
+            ax.plot(steps, fake, color=line.get_color(), lw=0.6, ls=":")
+        ax.axhline(0.5, color="grey", lw=0.8)
+        ax.set(title=f"{name}: D accuracy (-- real, : fake)", xlabel="step", ylabel="accuracy", ylim=(0, 1))
+        ax.legend(fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reports.figures", description=__doc__.split("\n\n")[0])
-    parser.add_argument("figure", choices=["fig3", "pareto", "fig6", "fewstep"])
+    parser.add_argument("figure", choices=["fig3", "pareto", "fig6", "fewstep", "d_accuracy"])
     parser.add_argument("run", nargs="?", default=None,
                         help="fig6: a KD training run directory (default: the newest under runs/sweeps/kd with bins); "
-                             "fewstep: a step-distillation run directory")
+                             "fewstep: a step-distillation run directory; d_accuracy: an adversarial sweep's "
+                             "--out-root")
     parser.add_argument("--efficiency-only", action="store_true", help="params/FLOPs panels only (no MLflow)")
     parser.add_argument("--latent", type=int, default=128, help="latent side for FLOPs (paper: 128)")
     parser.add_argument("--from-json", type=Path, default=None,
@@ -250,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.figure == "pareto":  # always from the sweep's MLflow runs
         print(pareto_from_mlflow(args.out or DEFAULT_FIG3_OUT.with_name("pareto.png"), args.tracking_uri, args.scale))
+        return 0
+    if args.figure == "d_accuracy":
+        if args.run is None:
+            parser.error("d_accuracy needs the adversarial sweep's --out-root directory")
+        print(d_accuracy(args.run, args.out or Path(args.run) / "d_accuracy.png"))
         return 0
     if args.figure == "fig6":
         print(fig6(args.run, args.out or DEFAULT_FIG3_OUT.with_name("fig6.png")))

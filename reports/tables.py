@@ -453,8 +453,52 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
     return table
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Issue 19: the adversarial terms with and without (ablations/specs/adversarial_*.yaml), no paper numbers exist.
+
+EXPERIMENT_ADVERSARIAL = "adversarial-ablation"
+OURS_ONLY_TABLES = ("adversarial",)  # tables without paper rows
+ADVERSARIAL_ARMS = (("step distillation", "adv"), ("step distillation", "adv_clean"), ("step distillation", "no_adv"),
+                    ("decoder", "gan"), ("decoder", "no_gan"))
+ADVERSARIAL_COLUMNS = {"d_acc": "d_acc_balanced_late", "adv_ratio": None, "mse_4": "fewstep_mse_vs_teacher_4",
+                       "mse_8": "fewstep_mse_vs_teacher_8", "fd_cifar_4": "fd_cifar_4", "fd_cifar_8": "fd_cifar_8",
+                       "psnr": "psnr", "psnr_photos": "psnr_photos", "lpips": "lpips"}
+COLUMN_FORMATS.update({"d_acc": ".3f", "adv_ratio": ".3f", "mse_4": ".4f", "mse_8": ".4f", "lpips": ".4f"})
+COLUMN_HEADERS.update({"arm": "arm", "d_acc": "D balanced acc (last 1/4)", "adv_ratio": "|∇adv| / |∇task|",
+                       "mse_4": "MSE vs teacher, 4 steps", "mse_8": "MSE vs teacher, 8 steps",
+                       "fd_cifar_4": "FD-CIFAR 4 steps", "fd_cifar_8": "FD-CIFAR 8 steps",
+                       "psnr_photos": "PSNR photos", "lpips": "LPIPS"})
+
+
+def adversarial_table(efficiency_only: bool = False, tracking_uri: str | None = None, scale: str | None = None) -> Table:
+    """Step distillation with/without L_adv^G and the decoder with/without its PatchGAN, from the MLflow experiment
+    `adversarial-ablation` (`python -m ablations.sweep adversarial_step_distill|adversarial_decoder`)."""
+    table = Table("adversarial", "Adversarial terms, with vs without (ours; the paper reports no such ablation)",
+                  key="arm")
+    runs, why = read_mlflow_runs(EXPERIMENT_ADVERSARIAL, tracking_uri)
+    rows = []
+    for stage, arm in ADVERSARIAL_ARMS:
+        row = {"stage": stage, "arm": arm, **{c: None for c in ADVERSARIAL_COLUMNS}, "source": "ours"}
+        run = runs.get(arm)
+        if efficiency_only or run is None or (scale and run.get("_tag_scale") != scale):
+            table.note(arm, "efficiency only: no quality read" if efficiency_only else
+                       why or f"no finished run {arm!r}" + (f" at scale {scale}" if scale else ""))
+        else:
+            row["source"] = f"ours: MLflow {EXPERIMENT_ADVERSARIAL}/{arm} ({run.get('_tag_scale')}, run " \
+                            f"{run['_run_id'][:8]})"
+            for column, metric in ADVERSARIAL_COLUMNS.items():
+                row[column] = run.get(metric)
+            row["adv_ratio"] = run.get("g_adv_grad_ratio", run.get("train_adv_grad_ratio"))
+        rows.append(row)
+    table.frame = pd.DataFrame(rows)
+    table.footnotes.append("MSE vs teacher: to the teacher's 30-step samples from the same noise, [-1, 1] pixels "
+                           "(a proxy, not FID); D balanced acc: (acc_real + acc_fake) / 2, 0.5 = chance; PSNR on "
+                           "held-out CIFAR-10 upsampled to 256^2 (and the photos of $SNAPGEN_PHOTOS)")
+    return table
+
+
 TABLES: dict[str, Callable[..., Table]] = {"table1": table1, "table2": table2, "table3": table3, "kd": kd_table,
-                                        "fig3": fig3_table}
+                                        "fig3": fig3_table, "adversarial": adversarial_table}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -523,15 +567,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure params/FLOPs now instead of reading MLflow; quality columns stay missing")
     parser.add_argument("--tracking-uri", default=None,
                         help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {tracking.DEFAULT_TRACKING_URI})")
-    parser.add_argument("--scale", default=None, help="fig3: the sweep scale to read (default: the newest run's)")
+    parser.add_argument("--scale", default=None, help="fig3, adversarial: the sweep scale to read (default: the "
+                                                      "newest run's)")
     parser.add_argument("--details", default=None, metavar="CSV",
                         help="fig3: also write every column (params, latency, each quality metric's mean, std, 95%% "
                              "interval, change and sign, seeds, run ids) to this CSV")
     parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = parser.parse_args(argv)
-    if (args.scale is not None or args.details is not None) and args.table != "fig3":
-        parser.error("--scale and --details apply to fig3 only")
-    scale = {"scale": args.scale} if args.table == "fig3" else {}
+    if args.scale is not None and args.table not in ("fig3", "adversarial"):
+        parser.error("--scale applies to fig3 and adversarial only")
+    if args.details is not None and args.table != "fig3":
+        parser.error("--details applies to fig3 only")
+    scale = {"scale": args.scale} if args.table in ("fig3", "adversarial") else {}
     table = TABLES[args.table](efficiency_only=args.efficiency_only, tracking_uri=args.tracking_uri, **scale)
     body, notes = render(table, args.format)
     print(body)

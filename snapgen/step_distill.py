@@ -13,6 +13,21 @@ x'_{t-1} ~ q(x_{t-1} | x'_0), and the generator (our student) minimises  L_adv^G
 - GAN loss: hinge by default, as LADD (and StyleGAN-T, whose discriminator heads LADD uses): it keeps the head
   logits bounded in the D step and gives the generator a non-saturating, linear signal. `gan_loss='nonsaturating'`
   uses Eq. 9's log form with the usual non-saturating generator loss -log D(x') (softplus of the logits).
+
+What the paper leaves open, and our choice (each a `StepDistillConfig` field, checked up front):
+- D's learning rate `lr_d` = 1e-4 (LADD's), 10x the student's; `d_warmup` = 0: steps D trains alone before the
+  adversarial term reaches the student (the D phase starts at `adv_start - d_warmup`).
+- Which teacher blocks feed the heads: `head_blocks` (block indices) or, empty (default), `num_heads` = 4 evenly
+  spaced blocks, the last included (LADD taps evenly spaced blocks).
+- The noise level of the comparison, `d_noise`: 'next' (default: σ_{t-1}, the next σ of the few-step schedule, as
+  Eq. 9's x_{t-1} reads), 'clean' (σ = 0: x_0 vs x'_0, ADD's pixel-space choice) or 'random' (a fresh
+  σ = time_shift(u), u ~ U(0, 1) per sample, LADD's renoising).
+- Hinge (default) vs the log form: `gan_loss`.
+- The adversarial weight `adv_weight` = 1 (0 = no discriminator at all: the "without" arm of the ablation) and its
+  start step `adv_start` = 0.
+Diagnostics (`snapgen.adversarial`): `d_acc_real`, `d_acc_fake`, `d_logit_real`, `d_logit_fake` and the student's
+`g_adv_grad_ratio` (adversarial vs S(L_task, L_kd) gradient norm at the student's output v) in every record; one
+warning line when D has sat at chance for `chance_window` steps.
 - One iteration = one D step, then one G step, on the same data batch, each with its own noise (RNG from (seed,
   step, phase), so a resumed run is the same run). Checkpoints hold the student, its EMA, the heads, both optimizers.
 """
@@ -32,13 +47,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import flow, sampling
+from .adversarial import GAN_LOSSES, ChanceWatch, GradProbe, d_diagnostics, gan_d_loss, gan_g_loss
 from .conditioning import PromptConditioning, unet_fn
 from .config import preset_config, public_config
 from .distill import output_kd_loss, timestep_aware_scaling
 from .training import EngineOptions, Phase, Stage, fit
 from .training.cli import parse_overrides, print_options, run_cli
 
-GAN_LOSSES = ("hinge", "nonsaturating")
+D_NOISE = ("next", "clean", "random")  # the noise level at which D compares real and generated samples
 
 
 @dataclass(frozen=True)
@@ -51,9 +67,14 @@ class StepDistillConfig(EngineOptions):
     betas: tuple[float, float] = (0.9, 0.999)  # supplement G
     weight_decay: float = 0.01         # supplement G
     grad_clip: float = 1.0
-    adv_weight: float = 1.0            # weight of L_adv^G beside S(L_task, L_kd)
+    adv_weight: float = 1.0            # weight of L_adv^G beside S(L_task, L_kd); 0 = no discriminator at all
+    adv_start: int = 0                 # first step at which L_adv^G reaches the student
+    d_warmup: int = 0                  # steps D trains alone before adv_start (its phase starts at adv_start - d_warmup)
     gan_loss: str = "hinge"            # 'hinge' (LADD) or 'nonsaturating' (Eq. 9's log form)
     num_heads: int = 4                 # discriminator heads on evenly spaced teacher blocks (the last included)
+    head_blocks: tuple[int, ...] = ()  # teacher blocks feeding the heads; () = num_heads evenly spaced ones
+    d_noise: str = "next"              # D's noise level: 'next' (σ_{t-1}, Eq. 9), 'clean' (σ = 0), 'random' (LADD)
+    chance_window: int = 200           # warn when D has been at chance this many steps; 0 = never
     use_kd: bool = True                # S(L_task, L_kd) (Eq. 9) rather than L_task alone
     lambda_t: str = "u"                # λ(t) at the unshifted timestep ('u') or at σ ('sigma'), as distill.kd_loss_fn
     ema_decay: float = 0.999           # supplement G
@@ -74,6 +95,14 @@ class StepDistillConfig(EngineOptions):
             raise ValueError("student_steps, num_heads, reference_steps and eval_samples_per_class must be >= 1")
         if any(n < 1 for n in (*self.eval_steps, *self.before_steps)):
             raise ValueError(f"eval_steps={self.eval_steps} and before_steps={self.before_steps} must be >= 1")
+        for name in ("adv_weight", "adv_start", "d_warmup", "chance_window"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if any(int(b) != b or b < 0 for b in self.head_blocks) or len(set(self.head_blocks)) != len(self.head_blocks):
+            raise ValueError(f"head_blocks={self.head_blocks}: distinct block indices >= 0 (or empty: num_heads evenly "
+                             f"spaced blocks)")
+        if self.d_noise not in D_NOISE:
+            raise ValueError(f"d_noise={self.d_noise!r}; valid choices: {', '.join(D_NOISE)}")
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss={self.gan_loss!r}; valid choices: {', '.join(GAN_LOSSES)}")
         if self.lambda_t not in ("u", "sigma"):
@@ -113,19 +142,15 @@ def discriminator_logits(teacher, heads: DiscriminatorHeads, x: Tensor, sigma: T
 
 
 def d_loss(real: list[Tensor], fake: list[Tensor], kind: str = "hinge") -> Tensor:
-    """Eq. 9, the discriminator's side: hinge  E[relu(1 - D(x))] + E[relu(1 + D(x'))], or the log form
-    -E[log D(x)] - E[log(1 - D(x'))] = E[softplus(-D(x))] + E[softplus(D(x'))] (D = logits). Averaged over heads."""
-    if kind == "hinge":
-        terms = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake)]
-    else:
-        terms = [F.softplus(-r).mean() + F.softplus(f).mean() for r, f in zip(real, fake)]
-    return sum(terms) / len(terms)
+    """Eq. 9, the discriminator's side, averaged over heads (`snapgen.adversarial.gan_d_loss`): hinge
+    E[relu(1 - D(x))] + E[relu(1 + D(x'))], or the log form E[softplus(-D(x))] + E[softplus(D(x'))]."""
+    return gan_d_loss(real, fake, kind)
 
 
 def g_adv_loss(fake: list[Tensor], kind: str = "hinge") -> Tensor:
-    """Eq. 9, the generator's adversarial side: hinge -E[D(x')], or non-saturating -E[log D(x')] = E[softplus(-D)]."""
-    terms = [(-f).mean() if kind == "hinge" else F.softplus(-f).mean() for f in fake]
-    return sum(terms) / len(terms)
+    """Eq. 9, the generator's adversarial side (`snapgen.adversarial.gan_g_loss`): hinge -E[D(x')], or
+    non-saturating E[softplus(-D(x'))]."""
+    return gan_g_loss(fake, kind)
 
 
 # ---- one D step and one G step ---------------------------------------------------------------------------------------
@@ -149,43 +174,70 @@ def _student_forward(net, x0: Tensor, cond, sigmas: Tensor, generator: torch.Gen
     return dict(sigma=sigma, sigma_next=sigma_next, noise=noise, x_t=x_t, v=v, x0_pred=x0_pred, renoise=renoise)
 
 
+def discriminator_sigma(s: dict[str, Tensor], mode: str, generator: torch.Generator) -> Tensor:
+    """The noise level (B,) at which D compares real and generated samples (`StepDistillConfig.d_noise`): 'next' =
+    σ_{t-1} of the few-step schedule (Eq. 9), 'clean' = 0, 'random' = time_shift(u), u ~ U(0, 1) (LADD)."""
+    if mode == "next":
+        return s["sigma_next"]
+    if mode == "clean":
+        return torch.zeros_like(s["sigma_next"])
+    if mode == "random":
+        return flow.time_shift(torch.rand(s["sigma"].shape, generator=generator, device=s["sigma"].device))
+    raise ValueError(f"d_noise={mode!r}; valid choices: {', '.join(D_NOISE)}")
+
+
 def discriminator_step(net, teacher, heads: DiscriminatorHeads, x0: Tensor, cond, sigmas: Tensor,
-                       generator: torch.Generator, gan_loss: str = "hinge") -> dict[str, Tensor]:
-    """The D step: the student runs without gradient; only the heads get gradients. Returns dict(loss, ...)."""
+                       generator: torch.Generator, gan_loss: str = "hinge", d_noise: str = "next") -> dict[str, Tensor]:
+    """The D step: the student runs without gradient; only the heads get gradients. Returns dict(loss, d_real,
+    d_fake, acc_real, acc_fake, logit_real, logit_fake) (`snapgen.adversarial.d_diagnostics`)."""
     with torch.no_grad():
         s = _student_forward(net, x0, cond, sigmas, generator)
-    x_real = flow.interpolate(x0, s["renoise"], s["sigma_next"])          # x_{t-1} ~ q(x_{t-1} | x_0)
-    x_fake = flow.interpolate(s["x0_pred"], s["renoise"], s["sigma_next"])  # x'_{t-1} ~ q(x_{t-1} | x'_0)
-    real = discriminator_logits(teacher, heads, x_real, s["sigma_next"], cond)
-    fake = discriminator_logits(teacher, heads, x_fake, s["sigma_next"], cond)
-    loss = d_loss(real, fake, gan_loss)
-    return dict(loss=loss, d_real=torch.stack([r.mean() for r in real]).mean().detach(),
-                d_fake=torch.stack([f.mean() for f in fake]).mean().detach())
+    sigma_d = discriminator_sigma(s, d_noise, generator)
+    x_real = flow.interpolate(x0, s["renoise"], sigma_d)             # x_{t-1} ~ q(x_{t-1} | x_0)
+    x_fake = flow.interpolate(s["x0_pred"], s["renoise"], sigma_d)   # x'_{t-1} ~ q(x_{t-1} | x'_0)
+    real = discriminator_logits(teacher, heads, x_real, sigma_d, cond)
+    fake = discriminator_logits(teacher, heads, x_fake, sigma_d, cond)
+    diagnostics = d_diagnostics(real, fake)
+    return dict(loss=d_loss(real, fake, gan_loss), d_real=diagnostics["logit_real"], d_fake=diagnostics["logit_fake"],
+                **diagnostics)
 
 
 def generator_step(net, teacher, heads: DiscriminatorHeads, x0: Tensor, cond, sigmas: Tensor,
-                   generator: torch.Generator, cfg: StepDistillConfig, kd_teacher=None) -> dict[str, Tensor]:
-    """The G step: L_G = adv_weight · L_adv^G(D(x'_{t-1})) + S(L_task, L_kd) (Eq. 9 with Eq. 7). The heads are
-    frozen for this step; gradients pass through the frozen teacher into the student. Returns dict(loss, ...)."""
-    heads.requires_grad_(False)
+                   generator: torch.Generator, cfg: StepDistillConfig, kd_teacher=None,
+                   adversarial: bool = True) -> dict[str, Tensor]:
+    """The G step: L_G = adv_weight · L_adv^G(D(x'_{t-1})) + S(L_task, L_kd) (Eq. 9 with Eq. 7); without
+    `adversarial` (before `adv_start`, or adv_weight = 0) L_G = S(L_task, L_kd). The heads are frozen for this step;
+    gradients pass through the frozen teacher into the student. Returns dict(loss, loss_adv, loss_task, loss_kd,
+    loss_scaled, logit_fake (D's score of these fakes), adv_grad, task_grad, adv_grad_ratio (at the student's v))."""
+    if heads is not None:
+        heads.requires_grad_(False)
     try:
         s = _student_forward(net, x0, cond, sigmas, generator)
-        loss_task = flow.flow_loss(s["v"], x0, s["noise"])  # (B,) Eq. 2
+        probe = GradProbe(x0.device)
+        v_adv, v_task = probe.split(s["v"])  # the two terms' gradients at v, measured in the one backward
+        loss_task = flow.flow_loss(v_task, x0, s["noise"])  # (B,) Eq. 2
         if cfg.use_kd:
             with torch.no_grad():
                 v_teacher = (kd_teacher or teacher)(s["x_t"], s["sigma"] * flow.NUM_TRAIN_TIMESTEPS, cond)["v"]
-            loss_kd = output_kd_loss(s["v"], v_teacher)  # (B,) Eq. 4
+            loss_kd = output_kd_loss(v_task, v_teacher)  # (B,) Eq. 4
             t = unshift(s["sigma"]) if cfg.lambda_t == "u" else s["sigma"]
             scaled = timestep_aware_scaling(loss_task, loss_kd, t)  # Eq. 7
         else:
             loss_kd, scaled = torch.zeros_like(loss_task), loss_task.mean()
-        x_fake = flow.interpolate(s["x0_pred"], s["renoise"], s["sigma_next"])
-        adv = g_adv_loss(discriminator_logits(teacher, heads, x_fake, s["sigma_next"], cond), cfg.gan_loss)
-        loss = cfg.adv_weight * adv + scaled
+        adv = logit_fake = torch.zeros((), device=x0.device)
+        loss = scaled
+        if adversarial and cfg.adv_weight and heads is not None:
+            sigma_d = discriminator_sigma(s, cfg.d_noise, generator)
+            x0_pred = s["x_t"] - flow._bcast(s["sigma"], s["x_t"]) * v_adv
+            fake = discriminator_logits(teacher, heads, flow.interpolate(x0_pred, s["renoise"], sigma_d), sigma_d, cond)
+            adv = g_adv_loss(fake, cfg.gan_loss)
+            logit_fake = d_diagnostics(fake, fake)["logit_fake"]
+            loss = cfg.adv_weight * adv + scaled
     finally:
-        heads.requires_grad_(True)
+        if heads is not None:
+            heads.requires_grad_(True)
     return dict(loss=loss, loss_adv=adv.detach(), loss_task=loss_task.mean().detach(),
-                loss_kd=loss_kd.mean().detach(), loss_scaled=scaled.detach())
+                loss_kd=loss_kd.mean().detach(), loss_scaled=scaled.detach(), logit_fake=logit_fake, **probe.metrics())
 
 
 # ---- few-step sampling and evaluation --------------------------------------------------------------------------------
@@ -259,11 +311,17 @@ class StepDistillStage(Stage):
         self.teacher = self.teacher.to(device)
         self.net = run.net(ema=True, device=device).train()
         torch.manual_seed(cfg.seed)  # the heads' initial weights: the same on every rerun
-        self.heads = DiscriminatorHeads(self.teacher.feature_dim, head_layers(self.teacher.num_layers, cfg.num_heads))
+        layers = list(cfg.head_blocks) or head_layers(self.teacher.num_layers, cfg.num_heads)
+        if max(layers) >= self.teacher.num_layers:
+            raise ValueError(f"head_blocks={cfg.head_blocks}: the teacher has {self.teacher.num_layers} blocks "
+                             f"(indices 0..{self.teacher.num_layers - 1})")
+        self.heads = DiscriminatorHeads(self.teacher.feature_dim, layers)
+        self.chance = ChanceWatch("d_", cfg.chance_window, what="step-distillation discriminator") \
+            if cfg.adv_weight and cfg.chance_window else None
         self.sigmas = flow.flow_sigmas(cfg.student_steps).to(device)  # (n+1,) the few-step schedule, σ_n = 0
 
     def modules(self):
-        return {"unet": self.net, "heads": self.heads}
+        return {"unet": self.net, "heads": self.heads} if self.cfg.adv_weight else {"unet": self.net}
 
     def phases(self):
         cfg = self.cfg
@@ -271,23 +329,31 @@ class StepDistillStage(Stage):
         def d_phase(models, batch, generator):
             out = discriminator_step(models.raw["unet"], self.teacher, models.heads, batch["x0"],
                                      self.conditioning(batch["prompt_idx"], batch["drop"]), self.sigmas, generator,
-                                     cfg.gan_loss)
-            return {"loss": out["loss"], "real": out["d_real"], "fake": out["d_fake"]}
+                                     cfg.gan_loss, cfg.d_noise)
+            return {"loss": out["loss"], **{k: out[k] for k in ("acc_real", "acc_fake", "logit_real", "logit_fake")}}
 
         def g_phase(models, batch, generator):
-            out = generator_step(models.unet, self.teacher, models.raw["heads"], batch["x0"],
+            out = generator_step(models.unet, self.teacher, models.raw.get("heads"), batch["x0"],
                                  self.conditioning(batch["prompt_idx"], batch["drop"]), self.sigmas, generator, cfg,
-                                 self.kd_teacher)
+                                 self.kd_teacher, adversarial=batch["step"] >= cfg.adv_start)
             return {"loss": out["loss"], "adv": out["loss_adv"], "task": out["loss_task"], "kd": out["loss_kd"],
-                    "scaled": out["loss_scaled"]}
+                    "scaled": out["loss_scaled"],
+                    **({k: out[k] for k in ("logit_fake", "adv_grad", "task_grad", "adv_grad_ratio")}
+                       if cfg.adv_weight and batch["step"] >= cfg.adv_start else {"task_grad": out["task_grad"]})}
 
-        return [Phase("d", ["heads"], d_phase, cfg.lr_d, cfg.betas, cfg.weight_decay, prefix="d_"),
-                Phase("g", ["unet"], g_phase, cfg.lr_g, cfg.betas, cfg.weight_decay, prefix="g_")]
+        g = Phase("g", ["unet"], g_phase, cfg.lr_g, cfg.betas, cfg.weight_decay, prefix="g_")
+        if not cfg.adv_weight:  # the ablation's "without" arm: S(L_task, L_kd) alone, no discriminator
+            return [g]
+        return [Phase("d", ["heads"], d_phase, cfg.lr_d, cfg.betas, cfg.weight_decay, prefix="d_",
+                      start=max(0, cfg.adv_start - cfg.d_warmup)), g]
 
     def batch(self, step, generator):
         batch = self.data.batch(step)
         drop = torch.rand(len(batch["x0"]), generator=generator) < self.cfg.cond_dropout
-        return {"x0": batch["x0"], "prompt_idx": batch["prompt_idx"], "drop": drop}
+        return {"x0": batch["x0"], "prompt_idx": batch["prompt_idx"], "drop": drop, "step": step}
+
+    def describe_progress(self, record):
+        return self.chance.describe(record) if self.chance is not None else ""
 
     def identity(self):
         return {"student": str(self.student_path.resolve()), "student_run_hash": self.student_run.config.get("run_hash"),

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-EXPERIMENTS = ("unet-ablation", "kd-ablation", "decoder", "imagenet", "t2i-evals")
+EXPERIMENTS = ("unet-ablation", "kd-ablation", "decoder", "imagenet", "t2i-evals", "adversarial-ablation")
 REQUIRED_TAGS = ("step", "scale", "git_sha", "config_hash", "device", "latency_backend")
 METRICS = ("params_m", "gflops", "latency_ms", "fid", "val_loss", "train_loss", "geneval_overall", "dpg_overall",
            "clip_score", "image_reward", "psnr", "lpips",

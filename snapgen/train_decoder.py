@@ -9,7 +9,16 @@ the encoder is fixed. The decoder is trained on 256^2 image patches with a batch
 - Losses (`decoder_losses`): MSE + LPIPS (`lpips` package; its torchvision backbone found through `snapgen.weights`,
   else LPIPS is off, which is said on stderr and recorded in config.yaml as `losses.lpips_active: false` with the
   reason) + the generator's hinge loss against a PatchGAN discriminator (`PatchDiscriminator`, Isola et al. 2017, as
-  in taming-transformers' VQGAN), which is trained with the hinge loss (`hinge_d_loss`).
+  in taming-transformers' VQGAN), which is trained with the hinge loss (`snapgen.adversarial.gan_d_loss`).
+- What the paper leaves open ("adversarial loss [23]"), as options (our defaults): the GAN loss `gan_loss` ('hinge',
+  taming's VQGAN; 'nonsaturating' = the log form), its weight `gan_weight` = 0.1 (0 = no discriminator: the
+  ablation's "without" arm) and start `gan_start`, D's learning rate `disc_lr` = the decoder's and `disc_warmup` = 0
+  (steps D trains alone before the adversarial term reaches the decoder), and the PatchGAN's regulariser:
+  `spectral_norm` (every conv, Miyato et al. 2018) and/or an R1 penalty on real patches `r1_weight` (Mescheder et al.
+  2018); both off by default, as in taming-transformers.
+- Diagnostics (`snapgen.adversarial`) in every record: `train_d_acc_real`, `train_d_acc_fake`, the mean logits, and the
+  decoder's `train_adv_grad_ratio` (hinge-G vs MSE + LPIPS gradient norm at the reconstruction); one warning line
+  when D has sat at chance for `chance_window` steps.
 - Run dir and resume as `snapgen.train`: config.yaml, metrics.jsonl, checkpoint/{decoder/ (diffusers
   save_pretrained), training_state.pt (both optimizers, the discriminator, step, run hash)}; written atomically;
   rerun the same command to resume; all randomness from (seed, step).
@@ -36,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adversarial import GAN_LOSSES, ChanceWatch, GradProbe, d_diagnostics, gan_d_loss, gan_g_loss, r1_penalty
 from .config import load_yaml, preset_config, stable_hash
 from .models.autoencoders import ENCODERS, load_frozen_encoder
 from .models.decoder import TinyDecoder, decoder_config
@@ -61,10 +71,15 @@ class DecoderTrainConfig(EngineOptions):
     mse_weight: float = 1.0          # loss weights: not stated in the paper (ours)
     lpips_weight: float = 1.0
     lpips_net: str = "alex"          # LPIPS backbone: alex (lpips default) | squeeze | vgg
-    gan_weight: float = 0.1
-    gan_start: int = 0               # step from which the adversarial terms are on (discriminator warm start)
+    gan_weight: float = 0.1          # 0 = no discriminator at all (the ablation's "without GAN" arm)
+    gan_start: int = 0               # step from which the adversarial term reaches the decoder
+    gan_loss: str = "hinge"          # 'hinge' (taming's VQGAN) or 'nonsaturating' (the log form)
+    disc_warmup: int = 0             # steps D trains alone before gan_start (its phase starts at gan_start - disc_warmup)
     disc_channels: int = 64          # PatchGAN width (pix2pix: 64)
     disc_layers: int = 3             # PatchGAN strided layers (pix2pix: 3, 70x70 receptive field)
+    spectral_norm: bool = False      # spectral normalisation of every PatchGAN conv
+    r1_weight: float = 0.0           # R1 penalty E|grad_x D(x)|^2 on real patches (with the D loss); 0 = off
+    chance_window: int = 1000        # warn when D has been at chance this many steps; 0 = never
     grad_checkpointing: bool = False
     val_every: int = 1000
     val_size: int = 64               # held-out images (CIFAR-10 test, or the first images of the folder, held out)
@@ -81,7 +96,12 @@ class DecoderTrainConfig(EngineOptions):
         for name in ("lr", "disc_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0")
-        for name in ("gan_start", "mse_weight", "lpips_weight", "gan_weight"):
+        if self.gan_loss not in GAN_LOSSES:
+            raise ValueError(f"gan_loss={self.gan_loss!r}; valid choices: {', '.join(GAN_LOSSES)}")
+        if not isinstance(self.spectral_norm, bool):
+            raise ValueError(f"spectral_norm={self.spectral_norm!r} must be true or false")
+        for name in ("gan_start", "mse_weight", "lpips_weight", "gan_weight", "disc_warmup", "r1_weight",
+                     "chance_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.val_size < 1 or self.disc_channels < 1 or self.disc_layers < 1:
@@ -118,7 +138,7 @@ class PatchDiscriminator(nn.Module):
     `(B, 1, H', W')`, one per overlapping patch. GroupNorm in place of BatchNorm so the loss of a sample does not
     depend on its batch (and small smoke batches behave)."""
 
-    def __init__(self, channels: int = 64, num_layers: int = 3, in_channels: int = 3):
+    def __init__(self, channels: int = 64, num_layers: int = 3, in_channels: int = 3, spectral_norm: bool = False):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
         width = channels
@@ -128,20 +148,12 @@ class PatchDiscriminator(nn.Module):
             layers += [nn.Conv2d(width, out, 4, stride, 1, bias=False), nn.GroupNorm(32 if out % 32 == 0 else 1, out), nn.LeakyReLU(0.2)]
             width = out
         layers.append(nn.Conv2d(width, 1, 4, 1, 1))
+        if spectral_norm:  # every conv's weight divided by its largest singular value (one power iteration a call)
+            layers = [nn.utils.parametrizations.spectral_norm(m) if isinstance(m, nn.Conv2d) else m for m in layers]
         self.net = nn.Sequential(*layers)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
-
-
-def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """Discriminator hinge loss: E[relu(1 - D(x))] + E[relu(1 + D(G(z)))] (Lim & Ye 2017; taming's VQGAN)."""
-    return F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
-
-
-def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
-    """Generator side of the hinge GAN: -E[D(G(z))]."""
-    return -logits_fake.mean()
 
 
 def load_lpips(net: str = "alex") -> tuple[nn.Module | None, str]:
@@ -177,23 +189,31 @@ def load_lpips(net: str = "alex") -> tuple[nn.Module | None, str]:
 
 def decoder_losses(reconstruction: torch.Tensor, target: torch.Tensor, cfg: DecoderTrainConfig,
                    lpips_model: nn.Module | None, discriminator: nn.Module | None) -> dict[str, torch.Tensor]:
-    """The decoder's loss (Sec. 3.2): w_mse MSE + w_lpips LPIPS + w_gan hinge-G; no KL (the encoder is fixed).
+    """The decoder's loss (Sec. 3.2): w_mse MSE + w_lpips LPIPS + w_gan GAN-G (`cfg.gan_loss`); no KL (the encoder
+    is fixed).
 
     Args:
         reconstruction, target (`torch.Tensor` of shape `(B, 3, H, W)`, in [-1, 1]).
         lpips_model: None when LPIPS is off. discriminator: None before `gan_start`.
 
     Returns:
-        `dict(loss, mse, lpips?, g_adv?)` of fp32 scalars.
+        `dict(loss, mse, lpips?, g_adv?, logit_fake?, adv_grad?, task_grad?, adv_grad_ratio?)` of fp32 scalars (the
+        gradient norms at the reconstruction are filled in by the backward pass: `snapgen.adversarial.GradProbe`).
     """
-    rec, tgt = reconstruction.float(), target.float()
+    adversarial = discriminator is not None and bool(cfg.gan_weight)
+    probe = GradProbe(reconstruction.device) if adversarial else None
+    rec_adv, rec_task = probe.split(reconstruction) if probe is not None else (reconstruction, reconstruction)
+    rec, tgt = rec_task.float(), target.float()
     terms = {"mse": F.mse_loss(rec, tgt)}
     loss = cfg.mse_weight * terms["mse"]
     if lpips_model is not None and cfg.lpips_weight:
         terms["lpips"] = lpips_model(rec, tgt).mean()
         loss = loss + cfg.lpips_weight * terms["lpips"]
-    if discriminator is not None and cfg.gan_weight:
-        terms["g_adv"] = hinge_g_loss(discriminator(reconstruction).float())
+    if adversarial:
+        logits = discriminator(rec_adv).float()
+        terms["g_adv"] = gan_g_loss(logits, cfg.gan_loss)
+        terms["logit_fake"] = logits.detach().mean()
+        terms.update(probe.metrics())
         loss = loss + cfg.gan_weight * terms["g_adv"]
     terms["loss"] = loss
     return terms
@@ -298,8 +318,9 @@ def decoder_dir(path: str | Path) -> Path:
 
 
 class DecoderStage(Stage):
-    """Two phases on one batch of patches: G (the decoder: MSE + LPIPS + hinge-G, Sec. 3.2) from step 0, then D (the
-    PatchGAN, hinge) from `gan_start`, on the reconstruction G left in the batch."""
+    """Two phases on one batch of patches: G (the decoder: MSE + LPIPS + GAN-G from `gan_start`, Sec. 3.2) from step
+    0, then D (the PatchGAN) from `gan_start - disc_warmup`, on the reconstruction G left in the batch; with
+    gan_weight = 0 the G phase alone."""
 
     kind = "decoder"
 
@@ -328,13 +349,16 @@ class DecoderStage(Stage):
         torch.manual_seed(cfg.seed)
         self.decoder = TinyDecoder(**self.dec_cfg)
         self.decoder.gradient_checkpointing = cfg.grad_checkpointing
-        self.discriminator = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers)
+        self.discriminator = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers, spectral_norm=cfg.spectral_norm)
+        self.chance = ChanceWatch("train_d_", cfg.chance_window, what="decoder's PatchGAN") \
+            if cfg.gan_weight and cfg.chance_window else None
         with torch.no_grad():  # the validation latents, once (the encoder is frozen)
             self.val_latent = torch.cat([self.encoder(val_x[i:i + 16].to(device))
                                          for i in range(0, len(val_x), 16)]).float()
 
     def modules(self):
-        return {"decoder": self.decoder, "discriminator": self.discriminator}
+        return {"decoder": self.decoder, "discriminator": self.discriminator} if self.cfg.gan_weight else \
+            {"decoder": self.decoder}
 
     def phases(self):
         cfg = self.cfg
@@ -350,13 +374,20 @@ class DecoderStage(Stage):
                                   models.discriminator if adversarial else None)
 
         def d_loss(models, batch, generator):
-            return {"loss": hinge_d_loss(models.discriminator(batch["image"]).float(),
-                                         models.discriminator(batch["reconstruction"]).float())}
+            real_input = batch["image"].detach().requires_grad_(cfg.r1_weight > 0)
+            real = models.discriminator(real_input).float()
+            fake = models.discriminator(batch["reconstruction"]).float()
+            terms = {"gan": gan_d_loss(real, fake, cfg.gan_loss), **d_diagnostics(real, fake)}
+            terms["loss"] = terms["gan"]
+            if cfg.r1_weight:
+                terms["r1"] = r1_penalty(real, real_input)
+                terms["loss"] = terms["loss"] + cfg.r1_weight * terms["r1"]
+            return terms
 
         phases = [Phase("g", ["decoder"], g_loss, cfg.lr, cfg.betas, cfg.weight_decay)]
         if cfg.gan_weight:
             phases.append(Phase("d", ["discriminator"], d_loss, cfg.disc_lr, cfg.betas, cfg.weight_decay,
-                                grad_clip=0.0, start=cfg.gan_start, prefix="train_d_"))
+                                grad_clip=0.0, start=max(0, cfg.gan_start - cfg.disc_warmup), prefix="train_d_"))
         return phases
 
     def batch(self, step, generator):
@@ -374,7 +405,9 @@ class DecoderStage(Stage):
         return {"val_psnr": float(psnr(rec.cpu(), self.val_x).mean()), "val_mse": float(F.mse_loss(rec.cpu(), self.val_x))}
 
     def describe_progress(self, record):
-        return f"val_psnr {record['val_psnr']:.2f} dB" if "val_psnr" in record else ""
+        warning = self.chance.describe(record) if self.chance is not None else ""
+        psnr_line = f"val_psnr {record['val_psnr']:.2f} dB" if "val_psnr" in record else ""
+        return "; ".join(x for x in (psnr_line, warning) if x)
 
 
 def train(cfg: DecoderTrainConfig, out: str | Path, hooks: Sequence[Callable[[int, dict], None]] = (),

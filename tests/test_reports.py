@@ -46,7 +46,8 @@ def test_tables_render_with_ours_missing(name, fmt, tmp_path):
     assert not (tmp_path / "absent.db").exists()  # reading never creates a tracking database
     if fmt == "csv":
         frame = pd.read_csv(io.StringIO(body))
-        assert "source" in frame.columns and (frame["source"].str.startswith("paper")).any()
+        assert "source" in frame.columns
+        assert (frame["source"].str.startswith("paper")).any() or name in tables.OURS_ONLY_TABLES
     if fmt == "tex":
         assert "\\begin{tabular}" in body and notes.startswith("% [1]")
 
@@ -189,3 +190,40 @@ def test_fewstep_figure_orders_panels_and_refuses_an_empty_run(tmp_path):
     assert [image.getpixel((i * 28 + 10, 50))[0] for i in range(3)] == [10, 30, 200]
     with pytest.raises(FileNotFoundError, match="step_distill"):
         figures.fewstep(tmp_path / "empty", tmp_path / "x.png")
+
+
+def test_adversarial_table_reads_the_arms(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(tables.EXPERIMENT_ADVERSARIAL)
+        with mlflow.start_run(run_name="adv", tags={"scale": "small"}):
+            mlflow.log_metrics({"d_acc_balanced_late": 0.71, "g_adv_grad_ratio": 0.2, "fewstep_mse_vs_teacher_4": 0.02})
+        with mlflow.start_run(run_name="no_gan", tags={"scale": "small"}):
+            mlflow.log_metrics({"psnr": 40.5})
+    finally:
+        mlflow.set_tracking_uri(None)
+    frame = tables.adversarial_table(tracking_uri=uri, scale="small").frame.set_index("arm")
+    assert frame.loc["adv", "d_acc"] == pytest.approx(0.71) and frame.loc["adv", "adv_ratio"] == pytest.approx(0.2)
+    assert frame.loc["adv", "mse_4"] == pytest.approx(0.02) and frame.loc["no_gan", "psnr"] == pytest.approx(40.5)
+    assert pd.isna(frame.loc["gan", "psnr"])  # no such run: missing, with a footnote
+    assert pd.isna(tables.adversarial_table(tracking_uri=uri, scale="smoke").frame.set_index("arm").loc["adv", "d_acc"])
+
+
+def test_d_accuracy_figure_plots_each_arm_of_a_sweep_root(tmp_path):
+    from reports.figures import d_accuracy
+    from snapgen.runs import append_metrics
+
+    for sweep, arm, prefix in (("adversarial_decoder", "gan", "train_d_"), ("adversarial_step_distill", "adv", "d_")):
+        run = tmp_path / sweep / arm
+        run.mkdir(parents=True)
+        (run / "trial_result.json").write_text(json.dumps({"trial": {"sweep": sweep, "step": arm}}))
+        for step in (10, 20):
+            append_metrics(run, {"step": step, prefix + "acc_real": 0.6, prefix + "acc_fake": 0.4 + step / 100})
+    (tmp_path / "adversarial_decoder" / "no_gan").mkdir()  # an arm without a discriminator is left out
+    append_metrics(tmp_path / "adversarial_decoder" / "no_gan", {"step": 10, "train_loss": 1.0})
+    out = d_accuracy(tmp_path, tmp_path / "d.png")
+    assert out.is_file() and out.stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="d_acc_real"):
+        d_accuracy(tmp_path / "adversarial_decoder" / "no_gan", tmp_path / "none.png")

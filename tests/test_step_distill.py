@@ -9,7 +9,8 @@ import torch
 from snapgen import flow
 from snapgen.models import EfficientUNet
 from snapgen.registry import resolve, shrink
-from snapgen.step_distill import (DiscriminatorHeads, StepDistillConfig, d_loss, discriminator_step, few_step_sample,
+from snapgen.step_distill import (DiscriminatorHeads, StepDistillConfig, _student_forward, d_loss,
+                                  discriminator_logits, discriminator_sigma, discriminator_step, few_step_sample,
                                   g_adv_loss, generator_step, head_layers, step_distill, unshift)
 from snapgen.teachers import SmallTeacherConfig, build_small_teacher
 
@@ -141,3 +142,66 @@ def test_cli_distils_a_run_that_samples_in_four_steps(tmp_path, monkeypatch):
                   "batch_size=4", "--set", "batch_size=4"])
     sample_main([str(tmp_path / "fewstep"), "--steps", "4", "--cfg", "1", "--n", "2", "--out", str(tmp_path / "g.png")])
     assert Image.open(tmp_path / "g.png").size == (6 * len("automobile") + 10 + 2 * 64, 10 * 64)  # labelled rows
+
+
+def test_ladd_heads_learn_through_the_engine_and_steer_the_student(tmp_path, one_thread):
+    """Issue 19: through `fit` (the real D and G phases), the heads on the frozen teacher separate real images from a
+    barely trained student's one-step guesses well above chance, the diagnostics are logged, and the student's
+    adversarial gradient is non-zero and points the right way (a step along it raises D's score of its fakes)."""
+    from snapgen.runs import find_checkpoint, read_metrics, read_state
+    from snapgen.step_distill import StepDistillStage
+
+    tiny_student_run(tmp_path / "student")
+    teacher = tiny_teacher(384)
+    # one student step (σ 1 -> 0): D compares clean x_0 with x'_0, the plainly wrong guess of an untrained student
+    options = dict(batch_size=8, student_steps=1, lr_d=1e-2, log_every=10, ckpt_every=100, chance_window=0)
+    step_distill(tmp_path / "student", teacher, tmp_path / "out", steps=100, progress=False, evaluate=False, **options)
+    records = [r for r in read_metrics(tmp_path / "out") if "d_acc_real" in r]
+    balanced = [(r["d_acc_real"] + r["d_acc_fake"]) / 2 for r in records]
+    assert balanced[-1] > 0.75 and balanced[-1] > balanced[0], balanced
+    assert records[-1]["d_logit_real"] > records[-1]["d_logit_fake"]
+    assert all(r["g_adv_grad"] > 0 and r["g_task_grad"] > 0 and r["g_adv_grad_ratio"] > 0 for r in records)
+
+    stage = StepDistillStage(tmp_path / "student", teacher, StepDistillConfig(**options))
+    stage.setup(torch.device("cpu"), 0, 1)
+    stage.heads.load_state_dict(read_state(find_checkpoint(tmp_path / "out"))["modules"]["heads"])
+    net = EfficientUNet.from_pretrained(tmp_path / "out" / "checkpoint" / "unet")
+    batch = stage.batch(100, torch.Generator().manual_seed(0))
+    cond = stage.conditioning(batch["prompt_idx"])
+
+    def fake_logits():  # D's logits of the student's x'_{t-1}, from the same noise every call
+        g = torch.Generator().manual_seed(1)
+        s = _student_forward(net, batch["x0"], cond, stage.sigmas, g)
+        sigma_d = discriminator_sigma(s, "next", g)
+        x_fake = flow.interpolate(s["x0_pred"], s["renoise"], sigma_d)
+        return discriminator_logits(teacher, stage.heads, x_fake, sigma_d, cond)
+
+    params = list(net.parameters())
+    logits = fake_logits()
+    before = torch.stack([f.mean() for f in logits]).mean().item()
+    adv_grads = torch.autograd.grad(g_adv_loss(logits, "hinge"), params, allow_unused=True)
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in adv_grads if g is not None))
+    assert norm > 0
+    with torch.no_grad():
+        for p, g in zip(params, adv_grads):
+            if g is not None:
+                p -= 1e-2 * g / norm  # a small step along -grad L_adv^G
+        after = torch.stack([f.mean() for f in fake_logits()]).mean().item()
+    assert after > before
+
+
+def test_adversarial_options_are_checked_and_the_chance_watch_warns_once():
+    from snapgen.adversarial import ChanceWatch
+
+    for bad, match in ((dict(d_noise="high"), "d_noise"), (dict(head_blocks=(1, 1)), "head_blocks"),
+                       (dict(adv_start=-1), "adv_start"), (dict(adv_weight=-0.5), "adv_weight"),
+                       (dict(d_warmup=-1), "d_warmup")):
+        with pytest.raises(ValueError, match=match):
+            StepDistillConfig(**bad)
+    watch = ChanceWatch("d_", window=100)
+    at_chance = lambda step: {"step": step, "d_acc_real": 0.52, "d_acc_fake": 0.49}
+    lines = [watch.describe(at_chance(step)) for step in range(50, 400, 50)]
+    assert [bool(x) for x in lines] == [False, False, True, False, False, False, False]
+    assert "at chance since step 50" in lines[2]
+    assert watch.describe({"step": 400, "d_acc_real": 0.9, "d_acc_fake": 0.8}) == ""  # D learned: the watch resets
+    assert [bool(watch.describe(at_chance(s))) for s in (450, 500, 550)] == [False, False, True]

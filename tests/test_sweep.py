@@ -179,3 +179,27 @@ def test_progress_line_says_time_loss_and_eta():
     assert line == "finished in 2m41s, val_loss 0.2552, ETA 13m25s"
     assert progress_line({"status": "skipped", "error": None}, spent, 4) == "skipped (finished before)"
     assert progress_line({"status": "failed", "seconds": 39.0, "error": "boom"}, spent, 0) == "failed in 39s (boom)"
+
+
+def test_adversarial_specs_plan_one_trial_per_arm_of_another_stage(tmp_path):
+    """Issue 19: specs with `stage` + `arms` (ablations.stage_trials) plan the with/without arms of step distillation
+    and of the decoder, checked up front by the stage's own options."""
+    from ablations.stage_trials import stage_config, student_config
+
+    for scale in ("smoke", "small"):
+        distill = sweep.plan(sweep.load_spec("adversarial_step_distill"), scale)
+        assert [t["step"] for t in distill] == ["adv", "no_adv", "adv_clean"]
+        assert {t["stage"] for t in distill} == {"step_distill"}
+        assert [(stage_config(t).adv_weight, stage_config(t).d_noise) for t in distill] == [
+            (1.0, "next"), (0.0, "next"), (1.0, "clean")]
+        assert student_config(distill[0]) == student_config(distill[1])  # both arms distil the same student
+        decoder = sweep.plan(sweep.load_spec("adversarial_decoder"), scale)
+        assert [stage_config(t).gan_weight for t in decoder] == [0.1, 0.0]
+    assert student_config(sweep.plan(sweep.load_spec("adversarial_step_distill"), "small")[0]).autoencoder == "taesd3"
+    with pytest.raises(ValueError, match="d_noise"):
+        stage_config({**distill[0], "arm": {"d_noise": "loud"}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"sweep": "x", "experiment": "adversarial-ablation", "stage": "decoder",
+                                   "scales": {"smoke": {}}}))
+    with pytest.raises(ValueError, match="arms"):
+        sweep.load_spec(bad)
