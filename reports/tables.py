@@ -49,6 +49,19 @@ COLUMN_HEADERS = {
     "val_loss": "val loss", "paper_fid": "paper FID",
 }
 
+def latency_cell(median_ms: float | None, p10: float | None = None, p90: float | None = None) -> str | None:
+    """One latency cell: `12.3 (11.9–13.0)` = median (p10–p90) in ms; a bare median only where no spread was
+    recorded (marked `(no spread)`); None (rendered MISSING) when not measured."""
+    if _is_missing(median_ms):
+        return None
+    if _is_missing(p10) or _is_missing(p90):
+        return f"{median_ms:.1f} (no spread)"
+    return f"{median_ms:.1f} ({p10:.1f}–{p90:.1f})"
+
+
+LATENCY_CELL_NOTE = "our latencies: median (p10–p90) of the timed calls, in ms"
+
+
 TABLE1_LATENT = 32  # ImageNet 256px through an f=8 AE -> 32x32 latent (Table 1: "one forward pass")
 TABLE2_LATENT = 128  # Table 2: "decoding a 128x128 latent into a 1024x1024 image"
 
@@ -207,10 +220,15 @@ def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
             run = _fill_from_mlflow(table, ours, EXPERIMENT_DECODER, run_name,
                                     {"psnr": "psnr", "params_m": "params_m", "gflops": "gflops",
                                      "latency_ms": "latency_ms"}, tracking_uri, cache)
+            if run:
+                ours["latency_ms"] = latency_cell(run.get("latency_ms"), run.get("latency_p10_ms"),
+                                                  run.get("latency_p90_ms"))
             for tag, what in (("_tag_eval_set", "PSNR on"), ("_tag_latency", "latency (batch 1):")):
                 if run and run.get(tag):  # which images and which backend: never a bare number
                     table.note(ours["decoder"], f"{what} {run[tag]}")
     table.frame = pd.DataFrame(rows + ours_rows)
+    if any(r["latency_ms"] for r in ours_rows):
+        table.footnotes.append(LATENCY_CELL_NOTE)
     return table
 
 
@@ -269,7 +287,8 @@ def kd_table(efficiency_only: bool = False, tracking_uri: str | None = None) -> 
 # Fig. 3 walk from the sweep's MLflow runs (ablations.sweep unet): one row per step, our deltas beside the paper's.
 
 EXPERIMENT_UNET_ABLATION = "unet-ablation"
-WALK_METRICS = ("params_m", "gflops", "latency_ms", "val_loss", "fid", "params_m_trained")
+WALK_METRICS = ("params_m", "gflops", "latency_ms", "latency_p10_ms", "latency_p90_ms", "val_loss", "fid",
+                "params_m_trained")
 
 
 def walk_rows_from_mlflow(walk: str = "fig3", scale: str | None = None, tracking_uri: str | None = None,
@@ -345,7 +364,8 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
             "step": r["step"], "params_m": r.get("params_m"), "d_params": r.get("d_params_m_pct"),
             "paper_d_params": p.params_delta_pct if p else None, "gflops": r.get("gflops"),
             "d_gflops": r.get("d_gflops_pct"), "paper_d_gflops": p.flops_delta_pct if p else None,
-            "latency_ms": r.get("latency_ms"), "d_latency": r.get("d_latency_ms_pct"),
+            "latency_ms": latency_cell(r.get("latency_ms"), r.get("latency_p10_ms"), r.get("latency_p90_ms")),
+            "d_latency": r.get("d_latency_ms_pct"),
             "paper_d_latency": p.latency_delta_pct if p else None, "val_loss": r.get("val_loss"),
             "fid": r.get("fid"), "paper_fid": p.fid if p else None,
             # paper columns (Sec. 3.1 deltas) beside ours: the source names both, the paper first as in every table
@@ -363,6 +383,8 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
                                f"scale are width-32 proxies); GFLOPs at a 128x128 latent; latency on {device}, "
                                f"not the paper's iPhone 15 Pro; deltas (%) vs. the parent step")
     table.frame = pd.DataFrame(out)
+    if any(r["latency_ms"] for r in out):
+        table.footnotes.append(LATENCY_CELL_NOTE)
     return table
 
 
