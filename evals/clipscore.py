@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     if generating and args.per_prompt != 1:
         parser.error("CLIP score uses one image per caption (--per-prompt 1)")
 
+    common.require_files(args, BENCHMARK, "CLIP score")  # every missing file in one error, before any work
     device = common.default_device(args.device)
     model, processor, judge = load_clip(args.tiny_random_judges, device)  # before any image is generated
 

@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "generated.")
     if args.per_prompt != PIC_NUM:
         parser.error(f"DPG-Bench scores {PIC_NUM} images per prompt as a 2x2 grid; --per-prompt must be {PIC_NUM}")
+    common.require_files(args, BENCHMARK, "DPG-Bench")  # every missing file in one error, before any work
     questions = parse_questions(args.csv)
     out = common.output_dir(args, BENCHMARK)
     device = common.default_device(args.device)

@@ -245,9 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.path)
     if not (path / "config.yaml").is_file():  # an image folder: an empty one fails before the weights load
         load_image_dir(path, 1)
-    try:
+    from snapgen import weights
+    from snapgen.runs import open_run
+
+    run_files = open_run(path).weight_entries() if (path / "config.yaml").is_file() else ()
+    try:  # every file at once (Inception, CIFAR-10, the run's own), before any work
+        weights.require([*weights.command_files("fid"), *run_files], "FID", command=None if run_files else "fid")
         feature_fn = inception_feature_fn()
-    except FIDWeightsMissing as error:
+    except (FIDWeightsMissing, weights.WeightsNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if (path / "config.yaml").is_file():

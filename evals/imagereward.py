@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if not common.is_run_dir(args.target):  # an empty folder fails before any judge loads
         common.require_images(args.target, recursive=True)
+    common.require_files(args, BENCHMARK, "ImageReward")  # every missing file in one error, before any work
     out = common.output_dir(args, BENCHMARK)
     device = common.default_device(args.device)
     model, tokenizer, judge = load_imagereward(args.tiny_random_judges, device)  # before any image is generated

@@ -28,7 +28,8 @@ def run_benchmark(name: str, argv: list[str]) -> tuple[dict | None, str]:
         with contextlib.redirect_stderr(stderr):
             return BENCHMARKS[name].main(argv), ""
     except WeightsNotFoundError as error:
-        return None, "weights missing: " + str(error).splitlines()[0] + " (`python -m snapgen.weights --how`)"
+        missing = ", ".join(getattr(error, "missing", [])) or str(error).splitlines()[0]
+        return None, f"weights missing: {missing} (`python -m snapgen.weights {name}` lists them and the fetch command)"
     except SystemExit as exit_:  # argparse's parser.error: a required user file is missing
         if exit_.code in (0, None):
             raise
