@@ -201,7 +201,7 @@ def load_prompts(limit: int | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evals.imagereward", description=__doc__.split("\n")[0])
     common.add_common_arguments(parser, default_per_prompt=DEFAULT_PER_PROMPT)
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (quick runs)")
     args = parser.parse_args(argv)

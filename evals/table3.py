@@ -38,7 +38,7 @@ def run_benchmark(name: str, argv: list[str]) -> tuple[dict | None, str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evals.table3", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="run directories of `python -m snapgen.train`")
     parser.add_argument("--out", default="evals_out", help="outputs go to <out>/<benchmark>/<checkpoint name>")
     parser.add_argument("--captions", help="COCO captions JSON for CLIP score")
