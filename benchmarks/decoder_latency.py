@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 result = profile.measure_latency(decode, warmup=a.warmup, repeats=repeats, device=device,
-                                                 dtype=dtype)
+                                                 dtype=dtype, latent=latent)
             except torch.OutOfMemoryError:
                 result = {"median_ms": None, "p10": None, "p90": None, "backend": f"torch-{device.type}",
                           "device": str(device), "dtype": str(dtype).replace("torch.", ""), "note": "OOM"}
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(profile.format_table(rows, [("decoder", "decoder", ""), ("weights", "weights", ""),
                                       ("params_m", "params (M)", ".2f"), ("batch", "batch", ""),
                                       ("median_ms", "median ms", ".2f"), ("p10", "p10", ".2f"),
-                                      ("p90", "p90", ".2f")]))
+                                      ("p90", "p90", ".2f"), ("wide_spread", f"p90/p10 > {profile.WIDE_SPREAD}", "")]))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
     return 0
