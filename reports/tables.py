@@ -333,7 +333,8 @@ def walk_rows_from_mlflow(walk: str = "fig3", scale: str | None = None, tracking
             row[metric] = sum(values) / len(values) if values else None
         if seeds:
             row.update(device=seeds[0].data.tags.get("device"), latency_backend=seeds[0].data.tags.get(
-                "latency_backend"), run_ids=[r.info.run_id for r in seeds])
+                "latency_backend"), latency_note=seeds[0].data.tags.get("latency_note"),
+                run_ids=[r.info.run_id for r in seeds])
         parent = rows.get(step.parent) if step.parent else None
         for metric in WALK_METRICS:
             value, base = row[metric], parent.get(metric) if parent else None
@@ -385,6 +386,9 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
     table.frame = pd.DataFrame(out)
     if any(r["latency_ms"] for r in out):
         table.footnotes.append(LATENCY_CELL_NOTE)
+    unmeasured = next((r.get("latency_note") for r in rows if r.get("seeds") and r.get("latency_ms") is None), None)
+    if unmeasured:  # why the latency column is empty (the runs' latency_note tag)
+        table.footnotes.append(f"latency: {unmeasured}")
     return table
 
 

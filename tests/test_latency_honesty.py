@@ -75,3 +75,22 @@ def test_latency_cell():
     assert tables.latency_cell(12.34, 11.9, 13.04) == "12.3 (11.9–13.0)"
     assert tables.latency_cell(12.34) == "12.3 (no spread)"
     assert tables.latency_cell(None, 1.0, 2.0) is None and tables.latency_cell(float("nan")) is None
+
+
+def test_fig3_table_shows_median_with_spread_or_why_not(mlflow_uri):
+    from snapgen import tracking
+
+    def log(step, config_hash, metrics, note):
+        tracking.log_trial("unet-ablation", step, tags={
+            "step": step, "scale": "small", "git_sha": "abc", "config_hash": config_hash, "device": "GPU-X",
+            "latency_backend": "torch-cuda", "walk": "fig3", "seed": 0, "latency_note": note},
+            params={}, metrics={"params_m": 10.0, "gflops": 5.0, "val_loss": 0.3, **metrics}, uri=mlflow_uri)
+
+    log("a_baseline", "h1", {"latency_ms": 12.34, "latency_p10_ms": 11.9, "latency_p90_ms": 13.04},
+        "12.3 ms (p10 11.9-p90 13.0, n=10), torch-cuda on GPU-X")
+    log("b_no_sa_high_res", "h2", {}, "not measured at smoke scale (reason)")
+    table = tables.fig3_table(tracking_uri=mlflow_uri, scale="small")
+    cells = table.frame.set_index("step")["latency_ms"]
+    assert cells["a_baseline"] == "12.3 (11.9–13.0)" and tables._is_missing(cells["b_no_sa_high_res"])
+    notes = tables.render(table, "md")[1]
+    assert tables.LATENCY_CELL_NOTE in notes and "latency: not measured at smoke scale (reason)" in notes
