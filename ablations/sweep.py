@@ -1,5 +1,6 @@
 """Ablation sweeps: `python -m ablations.sweep unet|unet_loo|kd|adversarial_step_distill|adversarial_decoder
-[--scale smoke|small|paper] [--executor ray|local] [--seeds N] [--spec PATH] [--dry-run]`.
+[--scale smoke|small|paper] [--executor ray|local] [--seeds N] [--spec PATH] [--dry-run]` (the sweeps are
+`ablations/specs/*.yaml`), and `python -m ablations.sweep ingest --out-root DIR` for a sweep run with `--no-tracking`.
 
 A spec (`ablations/specs/<sweep>.yaml`) names the trials (a registry walk, KD rows, or a `stage` (step_distill,
 decoder) with `arms`: {name: option overrides}, run by `ablations.stage_trials`), and per scale the training
@@ -480,10 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     parser.add_argument("--no-tracking", action="store_true",
                         help="no MLflow: write <trial dir>/trial_result.json; log them later with "
-                             "`python -m ablations.sweep ingest DIR`")
+                             "`python -m ablations.sweep ingest --out-root DIR` (DIR: this sweep's --out-root)")
     args = parser.parse_args(argv)
     uri = tracking.absolute_uri(args.tracking_uri)
-    if args.sweep == "ingest":  # `python -m ablations.sweep ingest DIR`: DIR is --out-root of an untracked sweep
+    if args.sweep == "ingest":  # `python -m ablations.sweep ingest --out-root DIR` of an untracked sweep
         summaries = ingest(args.out_root, uri)
         print(f"[sweep] ingested {sum(s['status'] == 'finished' for s in summaries)} run(s), "
               f"skipped {sum(s['status'] == 'skipped' for s in summaries)} into {uri}", file=sys.stderr)

@@ -97,11 +97,15 @@ def kd_setup(trial: dict[str, Any], cfg) -> dict[str, Any]:
 # ---- profile (cached on disk by the architecture's hash) --------------------------------------------------------------
 
 
-def _cached(cache_dir: Path, key: dict[str, Any], compute) -> dict[str, Any]:
+def _cached(cache_dir: Path, key: dict[str, Any], compute, keep=lambda value: True) -> dict[str, Any]:
+    """`compute()`'s value, stored in `cache_dir` under the hash of `key`; a value `keep` refuses is returned, not
+    stored (a latency whose spread is wide is not a number worth repeating on every rerun)."""
     path = cache_dir / f"{stable_hash(key, length=16)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     value = compute()
+    if not keep(value):
+        return value
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({**value, "cache_key": key}, indent=1, default=str))
@@ -113,7 +117,9 @@ def profile_architecture(unet_cfg, spec: dict[str, Any], cache_dir: Path) -> dic
     """Params, GFLOPs at each of `spec['flops_latents']` and host latency at `spec['latency_latent']`.
 
     Each number is cached in `cache_dir` under the hash of (architecture, what, latent[, device]): repeated seeds and
-    reruns do not trace the network again (a 128x128 trace takes minutes on a CPU).
+    reruns do not trace the network again (a 128x128 trace takes minutes on a CPU). A latency whose spread is wide
+    (`snapgen.profile.WIDE_SPREAD`) is returned flagged (`wide_spread`) but not cached: the next run measures again.
+    Without `latency_latent` no latency is measured; `latency_note` (or a default) says why.
     """
     from snapgen import profile
     from snapgen.models import EfficientUNet
@@ -151,13 +157,18 @@ def profile_architecture(unet_cfg, spec: dict[str, Any], cache_dir: Path) -> dic
                 with torch.no_grad():
                     model(**inputs)
 
-            result = profile.measure_latency(forward, warmup=warmup, repeats=repeats, device=device)
+            result = profile.measure_latency(forward, warmup=warmup, repeats=repeats, device=device,
+                                             latent=int(latency_latent))
             model.to("cpu")
             return result
 
+        # "format" 2: results carry n, spread and latent (older cached entries, without them, are measured again)
         out["latency"] = _cached(cache_dir, {"arch": arch_hash, "what": "latency", "latent": int(latency_latent),
                                              "device": device_name, "torch": torch.__version__, "repeats": repeats,
-                                             "threads": torch.get_num_threads()}, measure)
+                                             "threads": torch.get_num_threads(), "format": 2}, measure,
+                                 keep=lambda result: not result["wide_spread"])
+    else:
+        out["latency_note"] = spec.get("latency_note") or "not measured (the spec's profile sets no latency_latent)"
     return out
 
 
@@ -242,6 +253,7 @@ def _evaluate_and_profile(trial: dict[str, Any], cfg, out: Path, trained: dict[s
     """Evaluation (validation loss from the run's records, FID when its weights are found) and profiling of a trained
     trial: the result `run_trial` returns."""
     from snapgen.models import EfficientUNet
+    from snapgen.profile import format_latency
     from snapgen.registry import resolve
     from snapgen.runs import read_metrics
 
@@ -288,7 +300,11 @@ def _evaluate_and_profile(trial: dict[str, Any], cfg, out: Path, trained: dict[s
                    gflops=prof.get(f"gflops_{latents[0]}") if latents else None)
     metrics.update({f"gflops_{n}": prof[f"gflops_{n}"] for n in latents})
     latency = prof.get("latency")
-    metrics["latency_ms"] = latency["median_ms"] if latency else None
+    metrics.update(latency_ms=latency["median_ms"] if latency else None,
+                   latency_p10_ms=latency["p10"] if latency else None,
+                   latency_p90_ms=latency["p90"] if latency else None,
+                   latency_n=latency["n"] if latency else None)
+    tags["latency_note"] = format_latency(latency) if latency else prof["latency_note"]
     tags.update(
         device=latency["device"] if latency else ("cuda" if torch.cuda.is_available() else "cpu"),
         latency_backend=latency["backend"] if latency else "none",

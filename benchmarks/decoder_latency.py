@@ -1,6 +1,6 @@
 """Decode latency of our tiny decoder, TAESD3's decoder and the SD3 decoder in one run (Table 2's latency column).
 
-    python benchmarks/decoder_latency.py [--latent 128] [--batch 1 4] [--arch tiny] [--device cuda] [--json OUT]
+    python -m benchmarks.decoder_latency [--latent 128] [--batch 1 4] [--arch tiny] [--device cuda] [--json OUT]
 
 On CUDA: bf16 weights and inputs, batch 1 and 4, a 128x128 latent (1024x1024 image), `snapgen.profile.measure_latency`
 (warm-up calls, then the median of timed calls, each synchronised). On CPU the default latent is 32x32 (256x256
@@ -40,7 +40,7 @@ def build_decoders(arch: str) -> list[tuple[str, torch.nn.Module, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.decoder_latency", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--latent", type=int, default=None, help="latent side (default 128 on CUDA, 32 on CPU)")
     p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 1 4 on CUDA, 1 on CPU)")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 result = profile.measure_latency(decode, warmup=a.warmup, repeats=repeats, device=device,
-                                                 dtype=dtype)
+                                                 dtype=dtype, latent=latent)
             except torch.OutOfMemoryError:
                 result = {"median_ms": None, "p10": None, "p90": None, "backend": f"torch-{device.type}",
                           "device": str(device), "dtype": str(dtype).replace("torch.", ""), "note": "OOM"}
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(profile.format_table(rows, [("decoder", "decoder", ""), ("weights", "weights", ""),
                                       ("params_m", "params (M)", ".2f"), ("batch", "batch", ""),
                                       ("median_ms", "median ms", ".2f"), ("p10", "p10", ".2f"),
-                                      ("p90", "p90", ".2f")]))
+                                      ("p90", "p90", ".2f"), ("wide_spread", f"p90/p10 > {profile.WIDE_SPREAD}", "")]))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))
     return 0

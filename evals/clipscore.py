@@ -130,7 +130,7 @@ def draw_subset(captions_json: str | Path, num: int = DEFAULT_SUBSET_SIZE, seed:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evals.clipscore", description=__doc__.split("\n")[0])
     common.add_common_arguments(parser, default_per_prompt=1)
     parser.add_argument("--captions", help="COCO captions JSON (captions_val2014.json); needed to generate")
     parser.add_argument("--num", type=int, default=DEFAULT_SUBSET_SIZE, help="subset size (Table 3: 6000)")
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     if generating and args.per_prompt != 1:
         parser.error("CLIP score uses one image per caption (--per-prompt 1)")
 
+    common.require_files(args, BENCHMARK, "CLIP score")  # every missing file in one error, before any work
     device = common.default_device(args.device)
     model, processor, judge = load_clip(args.tiny_random_judges, device)  # before any image is generated
 

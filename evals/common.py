@@ -1,8 +1,9 @@
 """What every T2I benchmark shares: the CLI, generation with resume, judge weights, tiny-random judges, MLflow.
 
 A benchmark module (`evals.geneval`, `evals.dpg`, `evals.clipscore`, `evals.imagereward`) does, in this order:
-1. load its judges (real weights through `snapgen.weights`, or `--tiny-random-judges`): a missing file fails here,
-   before any image is generated (STYLE.md 9);
+1. check every file it will load at once (`require_files`: the judges', the prompt lists, a run's own text encoder
+   and autoencoder; one error lists all that are missing), then load its judges (real weights through
+   `snapgen.weights`, or `--tiny-random-judges`), before any image is generated (STYLE.md 9);
 2. generate the benchmark's images from a checkpoint with `generate_jobs` (skips files that exist, so an interrupted
    generation resumes; every image is seeded by its global index and carries its generation record in a PNG text
    chunk, and `<out>/generation.json` holds the settings of the whole folder), or take a folder of images;
@@ -71,6 +72,20 @@ def require_images(folder: str | Path, recursive: bool = False) -> Path:
                                 f"{', in subfolders too' if recursive else ''}): pass a run directory to generate them "
                                 "or a folder of generated images")
     return folder
+
+
+def require_files(args: argparse.Namespace, benchmark: str, what: str) -> None:
+    """Every file this evaluation loads, checked at once before any work (`snapgen.weights.require`): the judges'
+    and prompt lists (only the prompt lists with `--tiny-random-judges`) and, when generating, the run's own."""
+    from snapgen import weights
+
+    judged = weights.command_files(benchmark)
+    names = list(weights.PROMPT_FILES[benchmark] if args.tiny_random_judges else judged)
+    if is_run_dir(args.target):
+        from snapgen.runs import open_run
+
+        names += open_run(args.target).weight_entries()
+    weights.require(names, what, command=benchmark if set(names) == set(judged) else None)
 
 
 def default_device(device: str | None) -> str:

@@ -1,14 +1,16 @@
-"""DPG-Bench (Table 3 "DPG"): `python -m evals.dpg TARGET --csv dpg_bench.csv [--out DIR] [--limit N]`.
+"""DPG-Bench (Table 3 "DPG"): `python -m evals.dpg TARGET --csv dpg_bench.csv [--pic-num 4] [--out DIR] [--limit N]`.
 
 Protocol of ELLA's `dpg_bench/compute_dpg_bench.py` (TencentQQGYLab/ELLA):
-- images: one file per prompt, `<out>/<item_id>.png`, holding 4 images as a 2x2 grid (`--pic-num 4`);
+- images: one file per prompt, `<out>/<item_id>.png`, holding `--pic-num` images (official default 4, as a 2x2 grid;
+  1: the image alone, 2: side by side), scored on the official crops `[:pic_num]` (top-left, top-right, bottom-left,
+  bottom-right);
 - questions and their dependency graph: the user's `dpg_bench.csv` (not in the shared assets); parsed as the official
   script does, which skips the CSV's first data row (`if i == 0: continue`), so item 0 loses its first question, and
   an item whose question depends on a missing question fails and is left out (the official script catches the error
   and prints "Failed filename");
 - per crop: every question is asked; only the answer "yes" scores 1; then, in CSV order, a question with a parent
   (proposition id != 0) that scores 0 is set to 0; the crop's score is the mean over its questions;
-- per image: the mean over its 4 crops; DPG score = 100 x the mean over images;
+- per image: the mean over its `pic_num` crops; DPG score = 100 x the mean over images;
 - categories: the tuple's text before "(" is the L2 category ("entity - whole"), before "-" the L1 ("entity"); each
   question contributes its answer score before the dependency rule, from the LAST crop (as the official script
   returns `qid2scores_orig`); category score = 100 x mean.
@@ -35,8 +37,10 @@ from PIL import Image
 from . import common
 
 BENCHMARK = "dpg"
-PIC_NUM = 4  # images per prompt, tiled 2x2 (the official `--pic-num 4`)
-GRID = "2x2"
+PIC_NUM = 4  # images per prompt (the official `--pic-num` default), tiled 2x2
+# --pic-num -> how the generated images of a prompt are tiled, so that the official crops [:pic_num] find them (3 would
+# leave the fourth cell of a 2x2 file empty: not offered)
+PIC_GRIDS = {1: "1x1", 2: "1x2", 4: "2x2"}
 VQA_MAX_NEW_TOKENS = 10  # answers are "yes"/"no"; a few tokens is plenty
 CSV_HELP = ("DPG-Bench's question table dpg_bench/dpg_bench.csv from https://github.com/TencentQQGYLab/ELLA "
             "(columns item_id, text, keywords, proposition_id, dependency, category_broad, category_detailed, tuple, "
@@ -121,10 +125,10 @@ def metric_safe(name: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
 
 
-def crop_boxes(resolution: int) -> list[tuple[int, int, int, int]]:
-    """The official crop order: top-left, top-right, bottom-left, bottom-right."""
+def crop_boxes(resolution: int, pic_num: int = PIC_NUM) -> list[tuple[int, int, int, int]]:
+    """The official crops: top-left, top-right, bottom-left, bottom-right, the first `pic_num` of them."""
     r = resolution
-    return [(0, 0, r, r), (r, 0, 2 * r, r), (0, r, r, 2 * r), (r, r, 2 * r, 2 * r)][:PIC_NUM]
+    return [(0, 0, r, r), (r, 0, 2 * r, r), (0, r, r, 2 * r), (r, r, 2 * r, 2 * r)][:pic_num]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -203,8 +207,9 @@ def load_prompts(limit: int | None = None) -> list[dict]:
 
 
 def evaluate_folder(root: Path, questions: dict[str, ItemQuestions], vqa, resolution: int | None, out: Path,
-                    keep: set[str] | None = None) -> dict:
-    """Score every `<root>/<item_id>.<png|jpg>`; writes the official results and detail files into `out`."""
+                    keep: set[str] | None = None, pic_num: int = PIC_NUM) -> dict:
+    """Score every `<root>/<item_id>.<png|jpg>` (`pic_num` images each); writes the official results and detail
+    files into `out`. `resolution` None: one image is the file's width / its columns."""
     results_path, detail_path = out / "dpg-bench_results.txt", out / "dpg-bench_results_detail.txt"
     results_path.write_text("")
     detail_path.write_text("")
@@ -216,10 +221,10 @@ def evaluate_folder(root: Path, questions: dict[str, ItemQuestions], vqa, resolu
     for path in files:
         item = questions[path.stem]
         image = Image.open(path).convert("RGB")
-        res = resolution or image.width // 2
+        res = resolution or image.width // (1 if pic_num == 1 else 2)
         crop_answers = []
         with open(detail_path, "a") as detail:
-            for box in crop_boxes(res):
+            for box in crop_boxes(res, pic_num):
                 crop = image.crop(box)
                 answers = {qid: vqa.vqa(crop, q) for qid, q in item.qid2question.items()}
                 for qid, q in item.qid2question.items():
@@ -251,8 +256,10 @@ def evaluate_folder(root: Path, questions: dict[str, ItemQuestions], vqa, resolu
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evals.dpg", description=__doc__.split("\n")[0])
     common.add_common_arguments(parser, default_per_prompt=PIC_NUM)
+    parser.add_argument("--pic-num", type=int, default=PIC_NUM, choices=sorted(PIC_GRIDS),
+                        help=f"images per prompt, as the official --pic-num (default {PIC_NUM}: a 2x2 grid)")
     parser.add_argument("--csv", help=CSV_HELP)
     parser.add_argument("--resolution", type=int, default=None,
                         help="side of one image in the 2x2 grid (default: half the file's width)")
@@ -263,8 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.csv or not Path(args.csv).is_file():  # before loading or generating anything
         parser.error(f"--csv {args.csv or '(not given)'}: not a file. DPG-Bench needs {CSV_HELP}. Nothing was "
                      "generated.")
-    if args.per_prompt != PIC_NUM:
-        parser.error(f"DPG-Bench scores {PIC_NUM} images per prompt as a 2x2 grid; --per-prompt must be {PIC_NUM}")
+    if args.per_prompt not in (PIC_NUM, args.pic_num):
+        parser.error(f"--per-prompt {args.per_prompt}: DPG-Bench's images per prompt is --pic-num ({args.pic_num})")
+    args.per_prompt = args.pic_num
+    common.require_files(args, BENCHMARK, "DPG-Bench")  # every missing file in one error, before any work
     questions = parse_questions(args.csv)
     out = common.output_dir(args, BENCHMARK)
     device = common.default_device(args.device)
@@ -274,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
     if common.is_run_dir(args.target):
         prompts = load_prompts(args.limit)
         jobs = [common.Job(i, p["prompt"], (out / f"{p['item_id']}.png",)) for i, p in enumerate(prompts)]
-        generator = common.make_generator(args, grid=GRID)
+        generator = common.make_generator(args, grid=PIC_GRIDS[args.pic_num])
         common.generate_jobs(generator, jobs, out)
         settings, root, keep = generator.settings, out, {p["item_id"] for p in prompts}
         resolution = args.resolution or settings.resolution
@@ -283,9 +292,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.limit:
             keep = {p["item_id"] for p in load_prompts(args.limit)}
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_folder(root, questions, vqa, resolution, out, keep)
+    result = evaluate_folder(root, questions, vqa, resolution, out, keep, args.pic_num)
     scores = result["scores"]
     summary = {**scores, "num_images": result["num_images"], "failed": result["failed"], "judge": vqa.name,
+               "pic_num": args.pic_num,
                "weights": common.weights_kind(args.tiny_random_judges)}
     (out / "dpg_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"images scored: {result['num_images']}" + (f", failed: {result['failed']}" if result["failed"] else "")]

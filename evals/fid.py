@@ -390,9 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or (path if is_run else "."))
     if cifar:
         return _main_cifar(args, path, is_run, out)
-    try:
+    from snapgen import weights
+    from snapgen.runs import open_run
+
+    run_files = open_run(path).weight_entries() if is_run else ()
+    try:  # every file at once (Inception, CIFAR-10, the run's own), before any work
+        weights.require([*weights.command_files("fid"), *run_files], "FID", command=None if run_files else "fid")
         feature_fn = inception_feature_fn()
-    except FIDWeightsMissing as error:
+    except (FIDWeightsMissing, weights.WeightsNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if is_run:

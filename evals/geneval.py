@@ -1,9 +1,11 @@
-"""GenEval (Table 3, supplement Table 1): `python -m evals.geneval TARGET [--out DIR] [--limit N]`.
+"""GenEval (Table 3, supplement Table 1): `python -m evals.geneval TARGET [--out DIR] [--limit N] [--options K=V ...]`.
 
 Layout and rules are GenEval's (djghosh13/geneval, `evaluation/evaluate_images.py` and `summary_scores.py`):
 - images: `<out>/<00000>/metadata.jsonl` (the prompt's metadata line) and `<out>/<00000>/samples/<0000>.png`, 4 each;
 - detections: per class, kept when score > 0.3 (0.9 for the `counting` task), most confident first, at most 16 per
-  class, no NMS (max overlap 1.0);
+  class, no NMS (max overlap 1.0); these and the position threshold are the official CLI's `--options key=value`
+  (`threshold`, `counting_threshold`, `max_objects`, `max_overlap`, `position_threshold`, `bgcolor`), with its
+  defaults (`GenEvalOptions`);
 - rules (`evaluate`): every `include` clause needs `count` objects; colour clauses classify each of those objects'
   masked crop (background #999) with CLIP ViT-L/14 zero-shot over GenEval's 10 colours; position clauses compare box
   centres after shrinking the offset by 0.1 x (sum of the two boxes' sizes); any `exclude` clause met fails the image;
@@ -20,6 +22,7 @@ mask's bounding box).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +48,44 @@ MAX_DETECTIONS_PER_IMAGE = 100  # mmdetection's Mask2Former test_cfg.max_per_ima
 IMAGES_PER_PROMPT = 4
 
 
+@dataclass(frozen=True)
+class GenEvalOptions:
+    """The official `evaluate_images.py --options key=value` settings, with its defaults."""
+
+    threshold: float = THRESHOLD
+    counting_threshold: float = COUNTING_THRESHOLD
+    max_objects: int = MAX_OBJECTS
+    max_overlap: float = NMS_THRESHOLD
+    position_threshold: float = POSITION_THRESHOLD
+    bgcolor: str = MASK_BACKGROUND
+
+
+DEFAULT_OPTIONS = GenEvalOptions()
+
+
+def parse_options(pairs: list[str]) -> GenEvalOptions:
+    """`["threshold=0.4", "max_objects=8"]` -> `GenEvalOptions` (each value cast to the field's type).
+
+    Raises:
+        ValueError: a pair without `=`, an unknown key (the official CLI would ignore it silently), or a bad value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(GenEvalOptions)}
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--options {pair!r}: expected key=value (e.g. threshold=0.3)")
+        if key not in fields:
+            raise ValueError(f"--options {key}: unknown; valid: {', '.join(fields)} (the detector and CLIP model are "
+                             f"fixed here, see the module docstring)")
+        cast = {"float": float, "int": int, "str": str}[fields[key].type]
+        try:
+            values[key] = cast(value)
+        except ValueError:
+            raise ValueError(f"--options {key}={value}: not a valid {fields[key].type}") from None
+    return GenEvalOptions(**values)
+
+
 @dataclass
 class Detection:
     """One detected object: `box` = (x1, y1, x2, y2, score) in pixels, `mask` = (H, W) bool or None."""
@@ -65,35 +106,38 @@ def compute_iou(box_a, box_b) -> float:
     return inter / union if union else 0
 
 
-def select_detections(per_class: dict[str, list[Detection]], tag: str) -> dict[str, list[Detection]]:
-    """GenEval's filtering: score > 0.3 (0.9 when tag == 'counting'), most confident first, <= 16 per class, NMS 1.0.
+def select_detections(per_class: dict[str, list[Detection]], tag: str,
+                      options: GenEvalOptions = DEFAULT_OPTIONS) -> dict[str, list[Detection]]:
+    """GenEval's filtering: score > threshold (counting_threshold when tag == 'counting'), most confident first,
+    <= max_objects per class, NMS at max_overlap (1.0: none). Defaults 0.3, 0.9, 16, 1.0.
 
     Classes with nothing left are dropped."""
-    threshold = COUNTING_THRESHOLD if tag == "counting" else THRESHOLD
+    threshold = options.counting_threshold if tag == "counting" else options.threshold
     selected: dict[str, list[Detection]] = {}
     for classname, detections in per_class.items():
         ordering = sorted((d for d in detections if d.box[4] > threshold), key=lambda d: -float(d.box[4]))
-        ordering = ordering[:MAX_OBJECTS]
+        ordering = ordering[:options.max_objects]
         kept: list[Detection] = []
         while ordering:
             best = ordering.pop(0)
             kept.append(best)
-            ordering = [d for d in ordering if NMS_THRESHOLD == 1 or compute_iou(best.box, d.box) < NMS_THRESHOLD]
+            ordering = [d for d in ordering
+                        if options.max_overlap == 1 or compute_iou(best.box, d.box) < options.max_overlap]
         if kept:
             selected[classname] = kept
     return selected
 
 
-def relative_position(box_a, box_b) -> set[str]:
+def relative_position(box_a, box_b, threshold: float = POSITION_THRESHOLD) -> set[str]:
     """Where A is relative to B ('left of', 'right of', 'above', 'below'), factoring in object sizes (GenEval).
 
-    The centre offset loses POSITION_THRESHOLD x (size of A + size of B) per axis; a relation holds when its axis
+    The centre offset loses `threshold` (GenEval's `position_threshold`) x (size of A + size of B) per axis; a relation holds when its axis
     carries more than half of the remaining offset's direction (over the raw offset's length)."""
     boxes = np.array([box_a[:4], box_b[:4]], dtype=np.float64).reshape(2, 2, 2)  # (object, corner, xy)
     center_a, center_b = boxes.mean(axis=-2)
     dim_a, dim_b = np.abs(np.diff(boxes, axis=-2))[..., 0, :]
     offset = center_a - center_b
-    revised = np.maximum(np.abs(offset) - POSITION_THRESHOLD * (dim_a + dim_b), 0) * np.sign(offset)
+    revised = np.maximum(np.abs(offset) - threshold * (dim_a + dim_b), 0) * np.sign(offset)
     if np.all(np.abs(revised) < 1e-3):
         return set()
     dx, dy = revised / np.linalg.norm(offset)
@@ -112,7 +156,8 @@ def relative_position(box_a, box_b) -> set[str]:
 ColorClassifier = Callable[[list[Detection], str], list[str]]  # (objects, classname) -> one colour per object
 
 
-def evaluate(objects: dict[str, list[Detection]], metadata: dict, classify_colors: ColorClassifier) -> tuple[bool, str]:
+def evaluate(objects: dict[str, list[Detection]], metadata: dict, classify_colors: ColorClassifier,
+             options: GenEvalOptions = DEFAULT_OPTIONS) -> tuple[bool, str]:
     """GenEval's `evaluate`: includes AND-ed, excludes OR-ed; colour/position only on the most confident objects.
 
     Returns (correct, reason): the reasons it failed, newline-separated ('' when correct)."""
@@ -139,7 +184,7 @@ def evaluate(objects: dict[str, list[Detection]], metadata: dict, classify_color
                 else:
                     for obj in found:
                         for target in matched_groups[target_group]:
-                            relations = relative_position(obj.box, target.box)
+                            relations = relative_position(obj.box, target.box, options.position_threshold)
                             if expected not in relations:
                                 correct = matched = False
                                 reasons.append(f"expected {classname} {expected} target, found "
@@ -241,8 +286,8 @@ def detect(model, processor, image: Image.Image, classnames: list[str]) -> dict[
 class ClipColorClassifier:
     """GenEval's colour classifier: CLIP zero-shot over COLORS, 3 templates averaged, on masked object crops."""
 
-    def __init__(self, model, processor):
-        self.model, self.processor, self._heads = model, processor, {}
+    def __init__(self, model, processor, bgcolor: str = MASK_BACKGROUND):
+        self.model, self.processor, self.bgcolor, self._heads = model, processor, bgcolor, {}
 
     @torch.no_grad()
     def _head(self, classname: str) -> torch.Tensor:
@@ -263,7 +308,7 @@ class ClipColorClassifier:
 
     def crops(self, image: Image.Image, objects: list[Detection]) -> list[Image.Image]:
         image = image.convert("RGB")
-        blank = Image.new("RGB", image.size, color=MASK_BACKGROUND)
+        blank = Image.new("RGB", image.size, color=self.bgcolor)
         crops = []
         for obj in objects:
             masked = image if obj.mask is None else Image.composite(image, blank, Image.fromarray(obj.mask))
@@ -281,11 +326,11 @@ class ClipColorClassifier:
 
 
 def evaluate_image(path: Path, metadata: dict, detector, color_classifier: ClipColorClassifier,
-                   classnames: list[str], root: Path) -> dict:
+                   classnames: list[str], root: Path, options: GenEvalOptions = DEFAULT_OPTIONS) -> dict:
     """One results.jsonl line for one image (official schema)."""
     image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-    detected = select_detections(detect(*detector, image, classnames), metadata["tag"])
-    correct, reason = evaluate(detected, metadata, lambda objs, cls: color_classifier(image, objs, cls))
+    detected = select_detections(detect(*detector, image, classnames), metadata["tag"], options)
+    correct, reason = evaluate(detected, metadata, lambda objs, cls: color_classifier(image, objs, cls), options)
     return {"filename": str(path.relative_to(root) if path.is_relative_to(root) else path), "tag": metadata["tag"],
             "prompt": metadata["prompt"], "correct": bool(correct), "reason": reason,
             "metadata": json.dumps(metadata),
@@ -328,12 +373,20 @@ def list_images(root: Path) -> list[tuple[Path, dict]]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evals.geneval", description=__doc__.split("\n")[0])
     common.add_common_arguments(parser, default_per_prompt=IMAGES_PER_PROMPT)
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (quick runs)")
+    parser.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="the official evaluator's options: " + ", ".join(
+                            f"{k}={v}" for k, v in dataclasses.asdict(DEFAULT_OPTIONS).items()) + " (the defaults)")
     args = parser.parse_args(argv)
+    try:
+        options = parse_options(args.options)
+    except ValueError as error:
+        parser.error(str(error))
     if not common.is_run_dir(args.target):  # an empty folder fails before any judge loads
         common.require_images(args.target, recursive=True)
+    common.require_files(args, BENCHMARK, "GenEval")  # every missing file in one error, before any work
     out = common.output_dir(args, BENCHMARK)
     device = common.default_device(args.device)
     classnames = object_names()
@@ -356,15 +409,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.limit and not common.is_run_dir(args.target):
         keep = {json.dumps(m) for m in load_metadata(args.limit)}
         images = [(p, m) for p, m in images if json.dumps(m) in keep]
-    colors = ClipColorClassifier(clip_model, clip_processor)
-    results = [evaluate_image(path, meta, detector[:2], colors, classnames, root) for path, meta in images]
+    colors = ClipColorClassifier(clip_model, clip_processor, options.bgcolor)
+    results = [evaluate_image(path, meta, detector[:2], colors, classnames, root, options) for path, meta in images]
     out.mkdir(parents=True, exist_ok=True)
     import pandas as pd
 
     with open(out / "results.jsonl", "w") as handle:
         pd.DataFrame(results).to_json(handle, orient="records", lines=True)
     scores = summarize(results)
-    summary = {**scores, "num_images": len(results), "judge": judge,
+    summary = {**scores, "num_images": len(results), "judge": judge, "options": dataclasses.asdict(options),
                "weights": common.weights_kind(args.tiny_random_judges)}
     (out / "geneval_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [f"total images: {len(results)}, prompts: {len({r['metadata'] for r in results})}",
@@ -372,6 +425,10 @@ def main(argv: list[str] | None = None) -> dict:
     lines += [f"{tag:<16} = {scores[f'geneval_{tag}']:.2%}" for tag in TASKS if f"geneval_{tag}" in scores]
     lines += [f"overall (mean over {len(scores) - 3} tasks) = {scores['geneval_overall']:.5f}  (paper, SnapGen: 0.66)",
               f"written: {out / 'results.jsonl'}"]
+    if options != DEFAULT_OPTIONS:  # a score under other rules than the official defaults says so, also in MLflow
+        changed = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(options).items() if getattr(DEFAULT_OPTIONS, k) != v)
+        lines.append(f"options (not the official defaults): {changed}")
+        judge += f"; options {changed}"
     common.print_summary(f"GenEval ({judge})", lines, args.tiny_random_judges)
     if not args.no_mlflow:
         metrics = {k: v for k, v in scores.items() if k.startswith("geneval_")}

@@ -201,12 +201,13 @@ def load_prompts(limit: int | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evals.imagereward", description=__doc__.split("\n")[0])
     common.add_common_arguments(parser, default_per_prompt=DEFAULT_PER_PROMPT)
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts (quick runs)")
     args = parser.parse_args(argv)
     if not common.is_run_dir(args.target):  # an empty folder fails before any judge loads
         common.require_images(args.target, recursive=True)
+    common.require_files(args, BENCHMARK, "ImageReward")  # every missing file in one error, before any work
     out = common.output_dir(args, BENCHMARK)
     device = common.default_device(args.device)
     model, tokenizer, judge = load_imagereward(args.tiny_random_judges, device)  # before any image is generated

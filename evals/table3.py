@@ -28,7 +28,8 @@ def run_benchmark(name: str, argv: list[str]) -> tuple[dict | None, str]:
         with contextlib.redirect_stderr(stderr):
             return BENCHMARKS[name].main(argv), ""
     except WeightsNotFoundError as error:
-        return None, "weights missing: " + str(error).splitlines()[0] + " (`python -m snapgen.weights --how`)"
+        missing = ", ".join(getattr(error, "missing", [])) or str(error).splitlines()[0]
+        return None, f"weights missing: {missing} (`python -m snapgen.weights {name}` lists them and the fetch command)"
     except SystemExit as exit_:  # argparse's parser.error: a required user file is missing
         if exit_.code in (0, None):
             raise
@@ -37,7 +38,7 @@ def run_benchmark(name: str, argv: list[str]) -> tuple[dict | None, str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m evals.table3", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="run directories of `python -m snapgen.train`")
     parser.add_argument("--out", default="evals_out", help="outputs go to <out>/<benchmark>/<checkpoint name>")
     parser.add_argument("--captions", help="COCO captions JSON for CLIP score")

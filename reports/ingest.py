@@ -7,7 +7,7 @@ and `python -m benchmarks.decoder_latency` (decoder_latency.json: median ms per 
 decoder in the experiment `decoder` (run names `tiny`, `taesd3`, `sd3`, as `reports.tables.table2` reads them):
 - `psnr`, `ssim`, `lpips` from the first `--eval` file (the headline set), and `psnr_<set>` etc. from every file,
   `<set>` being the name of the file's directory;
-- `latency_ms` (batch 1) and `latency_ms_b<N>` from the latency file, tagged with its backend, device and dtype;
+- `latency_ms` (batch 1, with `latency_p10_ms` / `latency_p90_ms`) and `latency_ms_b<N>` from the latency file, tagged with its backend, device and dtype;
 - `params_m`, `gflops` where the files carry them.
 Idempotent: a run whose inputs (file contents) were logged before is not logged again.
 """
@@ -57,6 +57,8 @@ def decoder_records(evals: list[Path], latency: Path | None) -> dict[str, dict]:
             r = record(row["decoder"])
             key = "latency_ms" if row["batch"] == 1 else f"latency_ms_b{row['batch']}"
             r["metrics"][key] = row["median_ms"]
+            if row["batch"] == 1 and "p10" in row:  # its spread, shown beside it (reports.tables.latency_cell)
+                r["metrics"].update(latency_p10_ms=row["p10"], latency_p90_ms=row["p90"])
             r["metrics"].setdefault("params_m", row["params_m"])
             r["tags"]["latency"] = (f"{row['backend']} {row['dtype']}, {row['device']}, {row['latent']}^2 latent -> "
                                     f"{row['image']}^2, median of {row['repeats']}")

@@ -49,6 +49,19 @@ COLUMN_HEADERS = {
     "val_loss": "val loss", "paper_fid": "paper FID",
 }
 
+def latency_cell(median_ms: float | None, p10: float | None = None, p90: float | None = None) -> str | None:
+    """One latency cell: `12.3 (11.9–13.0)` = median (p10–p90) in ms; a bare median only where no spread was
+    recorded (marked `(no spread)`); None (rendered MISSING) when not measured."""
+    if _is_missing(median_ms):
+        return None
+    if _is_missing(p10) or _is_missing(p90):
+        return f"{median_ms:.1f} (no spread)"
+    return f"{median_ms:.1f} ({p10:.1f}–{p90:.1f})"
+
+
+LATENCY_CELL_NOTE = "our latencies: median (p10–p90) of the timed calls, in ms"
+
+
 TABLE1_LATENT = 32  # ImageNet 256px through an f=8 AE -> 32x32 latent (Table 1: "one forward pass")
 TABLE2_LATENT = 128  # Table 2: "decoding a 128x128 latent into a 1024x1024 image"
 
@@ -209,10 +222,15 @@ def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
             run = _fill_from_mlflow(table, ours, EXPERIMENT_DECODER, run_name,
                                     {"psnr": "psnr", "params_m": "params_m", "gflops": "gflops",
                                      "latency_ms": "latency_ms"}, tracking_uri, cache)
+            if run:
+                ours["latency_ms"] = latency_cell(run.get("latency_ms"), run.get("latency_p10_ms"),
+                                                  run.get("latency_p90_ms"))
             for tag, what in (("_tag_eval_set", "PSNR on"), ("_tag_latency", "latency (batch 1):")):
                 if run and run.get(tag):  # which images and which backend: never a bare number
                     table.note(ours["decoder"], f"{what} {run[tag]}")
     table.frame = pd.DataFrame(rows + ours_rows)
+    if any(r["latency_ms"] for r in ours_rows):
+        table.footnotes.append(LATENCY_CELL_NOTE)
     return table
 
 
@@ -271,8 +289,8 @@ def kd_table(efficiency_only: bool = False, tracking_uri: str | None = None) -> 
 # Fig. 3 walk from the sweep's MLflow runs (ablations.sweep unet): one row per step, our deltas beside the paper's.
 
 EXPERIMENT_UNET_ABLATION = "unet-ablation"
-WALK_METRICS = ("params_m", "gflops", "latency_ms", "val_loss", "fid", "params_m_trained", "fd_cifar", "kid_cifar",
-                "class_acc", "cfg_best")
+WALK_METRICS = ("params_m", "gflops", "latency_ms", "latency_p10_ms", "latency_p90_ms", "val_loss", "fid",
+                "params_m_trained", "fd_cifar", "kid_cifar", "class_acc", "cfg_best")
 # Quality metrics of the walk, in the order one is chosen for the sign column (the first any run has), and whether
 # lower is better. FID is FID (clean-fid's Inception); fd_cifar/kid_cifar/class_acc are the offline proxy.
 WALK_QUALITY = (("fid", True), ("fd_cifar", True), ("val_loss", True))
@@ -323,7 +341,8 @@ def walk_rows_from_mlflow(walk: str = "fig3", scale: str | None = None, tracking
             row[metric] = sum(values) / len(values) if values else None
         if seeds:
             row.update(device=seeds[0].data.tags.get("device"), latency_backend=seeds[0].data.tags.get(
-                "latency_backend"), run_ids=[r.info.run_id for r in seeds],
+                "latency_backend"), latency_note=seeds[0].data.tags.get("latency_note"),
+                run_ids=[r.info.run_id for r in seeds],
                 metric_note=seeds[0].data.tags.get("fd_cifar_note") or seeds[0].data.tags.get("metric_note"))
         parent = rows.get(step.parent) if step.parent else None
         for metric in WALK_METRICS:
@@ -401,7 +420,8 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
             "params_m": r.get("params_m"), "d_params": r.get("d_params_m_pct"),
             "paper_d_params": p.params_delta_pct if p else None, "gflops": r.get("gflops"),
             "d_gflops": r.get("d_gflops_pct"), "paper_d_gflops": p.flops_delta_pct if p else None,
-            "latency_ms": r.get("latency_ms"), "d_latency": r.get("d_latency_ms_pct"),
+            "latency_ms": latency_cell(r.get("latency_ms"), r.get("latency_p10_ms"), r.get("latency_p90_ms")),
+            "d_latency": r.get("d_latency_ms_pct"),
             "paper_d_latency": p.latency_delta_pct if p else None, "paper_fid": p.fid if p else None,
             "paper_quality": (p.fid_note or p.fid_direction) if p else None,
         }
@@ -450,6 +470,11 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
                      "quality": quality, "d_quality": "Δ [95% CI]", "paper_quality": "paper FID",
                      "sign": "sign"}
     table.details = pd.DataFrame(details)
+    unmeasured = next((r.get("latency_note") for r in rows if r.get("seeds") and r.get("latency_ms") is None), None)
+    if unmeasured:  # why the latency column (details CSV) is empty: the runs' latency_note tag
+        table.footnotes.append(f"latency: {unmeasured}")
+    elif any(r.get("latency_ms") for r in rows):
+        table.footnotes.append(LATENCY_CELL_NOTE + " (details CSV)")
     return table
 
 

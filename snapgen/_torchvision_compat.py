@@ -278,7 +278,7 @@ def install_pth_if_broken(site_packages: Path | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m snapgen._torchvision_compat", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--install-if-broken",
         action="store_true",

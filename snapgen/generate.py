@@ -3,7 +3,9 @@
 CKPT is a saved `SnapGenPipeline` directory (model_index.json) or a `snapgen.train` run directory (the pipeline is built
 from its config.yaml and EMA weights). 28 steps with CFG by default; `--steps 4` or `8` for step-distilled models
 (guidance off unless `--cfg` is given). Image i of a prompt uses noise from `seed + i`, so a seed gives the same images
-on every run and batch size. Several images are written as one grid (one row per prompt).
+on every run and batch size. The images are generated at the run's (or pipeline's) resolution and decoded by its
+autoencoder; they are written as one grid for people (one labelled row per prompt, tiles upscaled nearest to >= 256
+px, `snapgen.sampling.grid`), or with `--plain` at their own pixels, tiled without labels.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from . import sampling
 from .pipeline import DEFAULT_STEPS, images_to_grid, load_pipeline
 from .training.cli import run_cli
 
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the pipeline's)")
     p.add_argument("--encoders", default=None, help="comma-separated subset of the text stack's encoders")
     p.add_argument("--raw", action="store_true", help="run directories: the raw weights instead of the EMA")
+    p.add_argument("--plain", action="store_true", help="the images at their own pixels, no upscaling or labels")
     p.add_argument("--out", default="img.png")
     p.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = p.parse_args(argv)
@@ -46,8 +50,15 @@ def main(argv: list[str] | None = None) -> int:
                   output_type="np").images
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(images_to_grid(images, columns=args.n)).save(out)
-    print(f"wrote {out}: {len(args.prompt)} prompt(s) x {args.n}, {args.steps} steps, seed {args.seed}")
+    if args.plain:
+        picture = Image.fromarray(images_to_grid(images, columns=args.n))
+    else:
+        picture = sampling.grid((images * 255).round().astype("uint8"), args.n, labels=args.prompt)
+    picture.save(out)
+    side = images.shape[1]
+    print(f"wrote {out}: {len(args.prompt)} prompt(s) x {args.n} images of {side}x{side} px"
+          + ("" if args.plain else f" (shown at {picture.height // len(args.prompt)} px, labelled)")
+          + f", {args.steps} steps, seed {args.seed}")
     return 0
 
 

@@ -4,7 +4,9 @@ Conventions (as the paper, Sec. 3.1 / Fig. 3 / Tables 1-2):
 - one multiply-add = one FLOP, fvcore's convention;
 - `gflops` counts attention through a handler for `aten::scaled_dot_product_attention` (QK^T plus AV);
   `gflops_fvcore_default` is fvcore as shipped, which skips that op (the paper's decoder numbers match this);
-- latency is the median of timed repeats after warm-up, synchronised on CUDA, tagged with backend and device.
+- latency is the median of timed repeats after warm-up, synchronised on CUDA, always with its spread (p10, p90, n)
+  and labelled with backend, device, dtype and latent; a spread wider than `WIDE_SPREAD` (p90/p10) is flagged
+  `wide_spread` (a loaded machine: callers neither cache it nor present it as a measurement of the model).
 
 CLI:
     python -m snapgen.profile unet --arch snapgen-imagenet --latent 32 [--batch 1] [--latency] [--json]
@@ -33,6 +35,10 @@ from torch import nn
 WALK_TOLERANCE_PP = 2.0
 
 SDPA_OPS = ("aten::scaled_dot_product_attention",)
+
+# p90/p10 above this: the timings are dominated by something other than the model (other processes on a shared CPU,
+# clock changes); such a latency is flagged, not cached (ablations.trial) and shown with its spread.
+WIDE_SPREAD = 1.5
 
 
 def count_params(module: nn.Module) -> int:
@@ -173,6 +179,7 @@ def measure_latency(
     repeats: int = 10,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
+    latent: int | None = None,
 ) -> dict[str, Any]:
     """Wall-clock latency of `fn()`: `warmup` untimed calls, then `repeats` timed ones.
 
@@ -184,10 +191,12 @@ def measure_latency(
         repeats (`int`): timed calls, >= 1.
         device: where `fn` runs ('cpu', 'cuda', 'cuda:1').
         dtype: the compute dtype, recorded as given (default: torch's default dtype).
+        latent: the latent side the inputs have, recorded as the label (None: not a latent-space model).
 
     Returns:
-        `dict(median_ms, p10, p90, mean_ms, repeats, backend='torch-cpu'|'torch-cuda', device=<CPU model | GPU name>,
-        dtype)`; p10/p90 in ms.
+        `dict(median_ms, p10, p90, mean_ms, repeats, n, spread, wide_spread, backend='torch-cpu'|'torch-cuda',
+        device=<CPU model | GPU name>, dtype, latent, threads)`; p10/p90 in ms, `n` = `repeats` (the timed calls),
+        `spread` = p90 / p10, `wide_spread` = spread > `WIDE_SPREAD`.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -205,25 +214,48 @@ def measure_latency(
         sync()
         times_ms.append((time.perf_counter() - start) * 1e3)
     deciles = statistics.quantiles(times_ms, n=10, method="inclusive") if repeats > 1 else [times_ms[0]] * 9
+    spread = deciles[-1] / deciles[0] if deciles[0] > 0 else math.inf
     return {
         "median_ms": statistics.median(times_ms),
         "p10": deciles[0],
         "p90": deciles[-1],
         "mean_ms": statistics.fmean(times_ms),
         "repeats": repeats,
+        "n": repeats,
+        "spread": spread,
+        "wide_spread": spread > WIDE_SPREAD,
         "backend": f"torch-{device.type}",
         "device": _device_name(device),
         "dtype": str(dtype if dtype is not None else torch.get_default_dtype()).replace("torch.", ""),
+        "latent": latent,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
     }
+
+
+def format_latency(latency: Mapping[str, Any] | None, label: bool = True) -> str:
+    """One latency for people: `12.3 ms (p10 11.9-p90 13.0, n=10)` and, with `label`, `torch-cpu on <device>, float32,
+    32x32 latent`; a wide spread says so (`WIDE SPREAD`), a missing latency is 'not measured'."""
+    if not latency:
+        return "not measured"
+    text = (f"{latency['median_ms']:.1f} ms (p10 {latency['p10']:.1f}-p90 {latency['p90']:.1f}, "
+            f"n={latency.get('n', latency.get('repeats'))})")
+    if latency.get("wide_spread"):
+        text += f" WIDE SPREAD (p90/p10 {latency['spread']:.2f} > {WIDE_SPREAD:g}: a loaded machine, not the model)"
+    if label:
+        latent = latency.get("latent")
+        text += (f", {latency['backend']} on {latency['device']}, {latency['dtype']}"
+                 + (f", {latent}x{latent} latent" if latent else ""))
+    return text
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Profiles of the project's models (used by the CLI, reports.tables and reports.figures).
 
 
-def forward_latency(module: nn.Module, inputs: tuple | Mapping[str, Any], device: str = "cpu") -> dict[str, Any]:
+def forward_latency(module: nn.Module, inputs: tuple | Mapping[str, Any], device: str = "cpu", latent: int | None = None,
+                    warmup: int = 2, repeats: int = 5) -> dict[str, Any]:
     """`measure_latency` (2 warm-up calls, 5 timed) of `module(*inputs)` or `module(**inputs)` under no_grad, with
-    module and tensor inputs moved to `device` first."""
+    module and tensor inputs moved to `device` first; `latent` labels the result."""
     module = module.to(device)
     if isinstance(inputs, Mapping):
         args, kwargs = (), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
@@ -234,7 +266,7 @@ def forward_latency(module: nn.Module, inputs: tuple | Mapping[str, Any], device
         with torch.no_grad():
             module(*args, **kwargs)
 
-    return measure_latency(forward, warmup=2, repeats=5, device=device)
+    return measure_latency(forward, warmup=warmup, repeats=repeats, device=device, latent=latent)
 
 
 def profile_unet_config(cfg, latent: int, batch: int = 1, latency: bool = False, device: str = "cpu") -> dict:
@@ -254,7 +286,7 @@ def profile_unet_config(cfg, latent: int, batch: int = 1, latency: bool = False,
     if hasattr(cfg, "config_hash"):
         result["config_hash"] = cfg.config_hash()
     if latency:
-        result["latency"] = forward_latency(net, inputs, device)
+        result["latency"] = forward_latency(net, inputs, device, latent=latent)
     return result
 
 
@@ -371,7 +403,7 @@ def profile_decoder(arch: str, latent: int = 128, batch: int = 1, latency: bool 
     }
     if latency:
         result["latency"] = forward_latency(decoder, (torch.randn(batch, decoder.latent_channels, latent, latent),),
-                                            device)
+                                            device, latent=latent)
     return result
 
 
@@ -513,11 +545,7 @@ def _print_profile(result: dict) -> None:
         f"{'ops not counted':24s} {skipped}",
     ]
     if "latency" in result:
-        lat = result["latency"]
-        lines.append(
-            f"{'latency':24s} median {lat['median_ms']:.1f} ms (p10 {lat['p10']:.1f}, p90 {lat['p90']:.1f}) "
-            f"{lat['backend']} on {lat['device']}, {lat['dtype']}"
-        )
+        lines.append(f"{'latency':24s} median {format_latency(result['latency'])}")
     print("\n".join(lines))
 
 

@@ -225,6 +225,14 @@ class Run:
         channels, factor = AUTOENCODERS[self.autoencoder]
         return channels, self.resolution // factor, self.resolution // factor
 
+    def weight_entries(self) -> tuple[str, ...]:
+        """The `snapgen.weights` entries sampling this run loads: its autoencoder's decoder, its text encoder's files
+        (`minilm` ships inside a pip package)."""
+        from .models.taesd import TAESD_MODELS
+
+        entries = [TAESD_MODELS[self.autoencoder][2]] if self.autoencoder in TAESD_MODELS else []
+        return tuple(entries + (["clip_vit_l14"] if self.text_encoder == "clip-l" else []))
+
     @property
     def checkpoint(self) -> Path:
         ckpt = find_checkpoint(self.path)

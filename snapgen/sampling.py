@@ -19,7 +19,9 @@ from .conditioning import PromptConditioning, unet_fn
 # torch's CPU generator keeps only the low 32 bits of a seed, so (seed, index) -> seed * stride + index (mod 2^32):
 # distinct for every index below the stride within a seed.
 NOISE_SEED_STRIDE = 1_000_003
-MIN_TILE = 64  # grid tiles are upscaled (nearest) to at least this many pixels, so a 16 px sample is viewable
+MIN_TILE = 256  # grid tiles are upscaled (nearest, by an integer) to at least this many pixels: a 16 px sample is
+MAX_GRID_WIDTH = 2048  # viewable; a row of many tiles is kept within this width (smaller tiles, never below 1x)
+MAX_LABEL_CHARS = 40  # longer row labels (prompts) are cut with an ellipsis
 
 
 def initial_noise(indices: Sequence[int], shape: Sequence[int], seed: int = 0) -> torch.Tensor:
@@ -73,13 +75,21 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def grid(images: np.ndarray, columns: int, labels: Sequence[str] | None = None, min_tile: int = MIN_TILE):
-    """uint8 (N, H, W, 3) -> a PIL image: rows of `columns` tiles, each upscaled (nearest) to >= `min_tile` px, with
-    one label per row on its left when `labels` is given."""
-    from PIL import Image, ImageDraw
+def grid_scale(height: int, width: int, columns: int, min_tile: int = MIN_TILE,
+               max_width: int = MAX_GRID_WIDTH) -> int:
+    """The integer (nearest) upscale of a grid's tiles: tiles of >= `min_tile` px, unless `columns` of them would
+    pass `max_width`; never below 1."""
+    return max(1, min(-(-min_tile // min(height, width)), max_width // (columns * width)))
+
+
+def grid(images: np.ndarray, columns: int, labels: Sequence[str] | None = None, min_tile: int = MIN_TILE,
+         max_width: int = MAX_GRID_WIDTH):
+    """uint8 (N, H, W, 3) -> a PIL image for people: rows of `columns` tiles, each upscaled (nearest, `grid_scale`)
+    to >= `min_tile` px, with one label per row on its left when `labels` is given (cut at `MAX_LABEL_CHARS`)."""
+    from PIL import Image, ImageDraw, ImageFont
 
     n, h, w, _ = images.shape
-    scale = max(1, -(-min_tile // min(h, w)))
+    scale = grid_scale(h, w, columns, min_tile, max_width)
     rows = -(-n // columns)
     padded = np.zeros((rows * columns, h, w, 3), np.uint8)
     padded[:n] = images
@@ -87,12 +97,18 @@ def grid(images: np.ndarray, columns: int, labels: Sequence[str] | None = None, 
     body = Image.fromarray(body).resize((columns * w * scale, rows * h * scale), Image.NEAREST)
     if not labels:
         return body
-    margin = 6 * max(len(str(label)) for label in labels) + 10  # PIL's default font: ~6 px a character
+    texts = [str(label) if len(str(label)) <= MAX_LABEL_CHARS else str(label)[:MAX_LABEL_CHARS - 1] + "…"
+             for label in labels[:rows]]
+    size = max(12, min(28, h * scale // 8))  # readable beside a tile of this size
+    font = ImageFont.load_default(size=size)  # Pillow without FreeType: its bitmap font, size ignored
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad = size // 2
+    margin = int(max(measure.textlength(text, font=font) for text in texts)) + 2 * pad
     canvas = Image.new("RGB", (margin + body.width, body.height), "white")
     canvas.paste(body, (margin, 0))
     draw = ImageDraw.Draw(canvas)
-    for r, label in enumerate(labels[:rows]):
-        draw.text((4, r * h * scale + h * scale // 2 - 5), str(label), fill="black")
+    for r, text in enumerate(texts):
+        draw.text((pad, r * h * scale + h * scale // 2), text, fill="black", font=font, anchor="lm")
     return canvas
 
 
@@ -127,4 +143,5 @@ def generate(run, prompts: Sequence[str], per_prompt: int = 1, *, steps: int = 3
     return images.reshape(len(prompts), per_prompt, *images.shape[1:])
 
 
-__all__ = ["NOISE_SEED_STRIDE", "initial_noise", "sample", "to_uint8", "grid", "prompt_conditions", "generate"]
+__all__ = ["NOISE_SEED_STRIDE", "initial_noise", "sample", "to_uint8", "grid_scale", "grid", "prompt_conditions",
+           "generate"]

@@ -2,7 +2,8 @@
 
 - Experiments: `EXPERIMENTS`. Run name: the registry entry or walk step (`c_sepconv_expanded`).
 - Tags: `REQUIRED_TAGS` (step, scale, git_sha, config_hash, device, latency_backend), plus seed, sweep, metric_note,
-  efficiency_arch, fid_note and, for a failed trial, `error`.
+  efficiency_arch, fid_note, latency_note (the latency with its spread and labels, or why none) and, for a failed
+  trial, `error`.
 - Params: the flattened trial config (`snapgen.config.flatten`), e.g. `train.steps`, `unet.conv`, `flops_latent`.
 - Metrics: `METRICS`; `train_loss` and `val_loss` also per step (history from the run's metrics.jsonl).
 - Artifacts: the run's config.yaml, sample grid and metrics.jsonl.
@@ -36,9 +37,9 @@ from typing import Any, Iterable
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 EXPERIMENTS = ("unet-ablation", "kd-ablation", "decoder", "imagenet", "t2i-evals", "adversarial-ablation")
 REQUIRED_TAGS = ("step", "scale", "git_sha", "config_hash", "device", "latency_backend")
-METRICS = ("params_m", "gflops", "latency_ms", "fid", "val_loss", "train_loss", "geneval_overall", "dpg_overall",
-           "clip_score", "image_reward", "psnr", "lpips",
-           "fd_cifar", "kid_cifar", "class_acc", "cfg_best")  # the offline proxy (evals.fid --features cifar10)
+METRICS = ("params_m", "gflops", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_n", "fid", "val_loss",
+           "train_loss", "geneval_overall", "dpg_overall", "clip_score", "image_reward", "psnr", "lpips",
+           "fd_cifar", "kid_cifar", "class_acc", "cfg_best")  # the last four: the offline proxy (evals.fid --features cifar10)
 ERROR_TAG = "error"
 MAX_TAG_CHARS = 5000  # MLflow limits tag values (8000 in 3.x); keep the tail of a traceback, where the cause is
 MAX_PARAM_CHARS = 500  # long params (lists of 0/1 flags) are cut with a marker; the full config is an artifact

@@ -10,7 +10,12 @@ and sha256 where known, and where a user gets it. ``find(name)`` / ``find_dir(na
 4. a download, only when online (``HF_HUB_OFFLINE`` unset) and only for entries that can be fetched automatically.
 
 If all of that fails, ONE ``WeightsNotFoundError`` names the file, its size, every place searched and the exact
-command or URL that gets it, with the path to put it at. ``python -m snapgen.weights`` lists every entry.
+command or URL that gets it, with the path to put it at.
+
+``COMMAND_FILES`` says which entries each command (benchmark, stage) loads. ``require(names, what)`` checks them all
+before any work and raises one error listing every missing file. ``python -m snapgen.weights geneval`` (any command
+or entry names, or ``--all``) lists them with sizes, found or missing, and the one command that fetches the missing
+ones (``--fetch``, online).
 """
 
 from __future__ import annotations
@@ -363,6 +368,38 @@ REGISTRY: dict[str, WeightEntry] = {
 }
 
 
+# What each command loads (real judges; `--tiny-random-judges` needs only the prompt lists). A run's own generation
+# files (its text encoder and autoencoder) come on top: `snapgen.runs.Run.weight_entries`.
+COMMAND_FILES: dict[str, tuple[str, ...]] = {
+    "geneval": ("geneval_metadata", "geneval_object_names", "mask2former_coco_instance", "clip_vit_l14"),
+    "dpg": ("dpg_prompts", "blip_vqa_large"),  # mplug_large_vqa instead of BLIP when modelscope is installed
+    "clipscore": ("clip_vit_l14",),
+    "imagereward": ("pixart_alpha_prompts", "imagereward", "imagereward_med_config", "blip_vqa_large"),
+    "fid": ("cleanfid_inception", "cifar10_npz"),
+    "train": ("cifar10_npz",),  # + taesd3_encoder/decoder for --set autoencoder=taesd3, clip_vit_l14 for clip-l
+    "train_decoder": ("cifar10_npz", "taesd3_encoder", "taesd3_decoder", "lpips_alexnet_backbone"),
+    "step_distill": ("cifar10_npz",),  # the offline default: the small teacher trained here
+    "kd": ("cifar10_npz",),
+    "kd-sd35": ("sd35_large_transformer",),
+    "step_distill-sd35": ("sd35_large_turbo_transformer",),
+}
+PROMPT_FILES = {"geneval": ("geneval_metadata", "geneval_object_names"), "dpg": ("dpg_prompts",),
+                "imagereward": ("pixart_alpha_prompts",), "clipscore": ()}  # all that --tiny-random-judges reads
+
+
+def command_files(command: str) -> tuple[str, ...]:
+    """The registry entries `command` (a key of `COMMAND_FILES`) loads on this installation."""
+    if command not in COMMAND_FILES:
+        raise KeyError(f"unknown command {command!r}; known: {', '.join(COMMAND_FILES)}")
+    files = COMMAND_FILES[command]
+    if command == "dpg":
+        import importlib.util
+
+        if importlib.util.find_spec("modelscope") is not None:  # evals.dpg.load_vqa's choice
+            files = tuple("mplug_large_vqa" if f == "blip_vqa_large" else f for f in files)
+    return files
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Locations
 # --------------------------------------------------------------------------------------------------------------------
@@ -613,36 +650,102 @@ def find_dir(name: str, *, download: bool = True) -> Path:
     return _locate(name, want_dir=True, download=download, verify=False)
 
 
+def fetch_command(names: list[str] | tuple[str, ...]) -> str:
+    """The one command that fetches every entry of `names` that can be fetched automatically."""
+    return f"python -m snapgen.weights {' '.join(names)} --fetch   (online: without HF_HUB_OFFLINE)"
+
+
+def require(names, what: str, *, command: str | None = None, download: bool = True) -> dict[str, Path]:
+    """Every entry of `names` at once, before any work: {name: path}.
+
+    Each is looked for (and fetched, when online and `download`) as `find` / `find_dir` do. Raises ONE
+    ``WeightsNotFoundError`` listing every missing entry with its size and path, the command that fetches all the
+    fetchable ones (`python -m snapgen.weights <command> --fetch` when `command` names a `COMMAND_FILES` key), and
+    how to get each (manual steps for the rest); its `missing` attribute lists their names.
+    """
+    names = list(dict.fromkeys(names))
+    found: dict[str, Path] = {}
+    missing: list[WeightEntry] = []
+    for name in names:
+        entry = get_entry(name)
+        try:
+            found[name] = _locate(name, want_dir=entry.is_dir, download=download, verify=False)
+        except WeightsNotFoundError:
+            missing.append(entry)
+    if not missing:
+        return found
+    fetchable = [e.name for e in missing if e.downloadable]
+    lines = [f"{what} needs {len(names)} file(s); {len(missing)} missing (nothing was run):"]
+    lines += [f"  MISSING {e.name:28s} {e.relpath} ({e.size_text}): {e.description}" for e in missing]
+    lines += [f"  found   {name:28s} {path}" for name, path in found.items()]
+    if fetchable:
+        lines.append(f"Fetch {'them' if len(fetchable) > 1 else 'it'} all with: "
+                     f"{fetch_command([command] if command else fetchable)}")
+    lines.append("Or one by one (into $SNAPGEN_WEIGHTS, default ~/.cache/snapgen; $SNAPGEN_ASSETS also counts):")
+    lines += [f"  {e.name}: {how_to_get(e)}" for e in missing]
+    error = WeightsNotFoundError("\n".join(lines))
+    error.missing = [e.name for e in missing]
+    raise error
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------------------
+def _expand(names: list[str]) -> list[str]:
+    """Command names (`COMMAND_FILES`) -> their entries; entry names as they are; order kept, no repeats."""
+    out: list[str] = []
+    for name in names:
+        out += command_files(name) if name in COMMAND_FILES else [name]
+    return list(dict.fromkeys(out))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="List every known weights/data file: found or missing, and where.")
-    parser.add_argument("names", nargs="*", help="entries to show (default: all)")
+    parser = argparse.ArgumentParser(
+        prog="python -m snapgen.weights",
+        description="List the weights/data files a command needs (or every known one): size, found or missing, and "
+                    "the one command that fetches the missing ones.",
+        epilog=f"commands: {', '.join(COMMAND_FILES)}. Example: python -m snapgen.weights geneval")
+    parser.add_argument("names", nargs="*", help="commands (geneval, dpg, fid, train_decoder, ...) or entries "
+                        "(default: every entry)")
+    parser.add_argument("--all", action="store_true", help="every known entry (the default without names)")
     parser.add_argument("--verify", action="store_true", help="check sha256 of found files where known (slow)")
     parser.add_argument("--how", action="store_true", help="print how to get each missing entry")
+    parser.add_argument("--fetch", action="store_true", help="download every missing entry that can be (online)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = parser.parse_args(argv)
-    unknown = [name for name in args.names if name not in REGISTRY]  # unknown names fail before any output
-    if unknown:
-        raise KeyError(f"unknown weights entr{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}; "
-                       f"`python -m snapgen.weights` with no names lists all {len(REGISTRY)} entries "
-                       f"({', '.join(sorted(REGISTRY)[:3])}, ...)")
+    unknown = [name for name in args.names if name not in REGISTRY and name not in COMMAND_FILES]
+    if unknown:  # unknown names fail before any output
+        raise KeyError(f"unknown name{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: neither a "
+                       f"command ({', '.join(COMMAND_FILES)}) nor an entry (`python -m snapgen.weights --all` "
+                       f"lists all {len(REGISTRY)})")
+    names = list(REGISTRY) if args.all or not args.names else _expand(args.names)
     print(f"SNAPGEN_ASSETS={assets_dir() or '(unset)'}  SNAPGEN_WEIGHTS={weights_dir()}  HF cache={hf_cache_dir()}")
-    missing = 0
-    for name in args.names or REGISTRY:
+    if args.fetch and is_offline():
+        raise RuntimeError("--fetch: HF_HUB_OFFLINE is set; unset it (and be online) to download")
+    missing: list[WeightEntry] = []
+    for name in names:
         report = search(name, verify=args.verify)
         entry = report.entry
+        if report.found is None and args.fetch and entry.downloadable:
+            print(f"fetching {name} ({entry.size_text}) ...", flush=True)
+            try:
+                _locate(name, want_dir=entry.is_dir, download=True, verify=False)
+            except WeightsNotFoundError as error:
+                print(f"         failed: {str(error).splitlines()[-2].strip()}")
+            report = search(name, verify=args.verify)
         if report.found is not None:
-            print(f"found    {name:30s} {report.found_in}: {report.found}")
-        else:
-            missing += 1
-            rejected = [f"{path} [{verdict}]" for _, path, verdict in report.tried if verdict.startswith("rejected")]
-            print(f"MISSING  {name:30s} {entry.relpath} ({entry.size_text})" + (f"; {'; '.join(rejected)}" if rejected else ""))
-            if args.how:
-                print(f"         get it: {how_to_get(entry)}")
-    total = len(args.names or REGISTRY)
-    print(f"{total - missing} of {total} found" + ("" if args.how or not missing else "; --how says how to get the rest"))
+            print(f"found    {name:30s} {entry.size_text:>16s}  {report.found_in}: {report.found}")
+            continue
+        missing.append(entry)
+        rejected = [f"{path} [{verdict}]" for _, path, verdict in report.tried if verdict.startswith("rejected")]
+        print(f"MISSING  {name:30s} {entry.size_text:>16s}  {entry.relpath}" + (f"; {'; '.join(rejected)}" if rejected else ""))
+        if args.how or not entry.downloadable:
+            print(f"         get it: {how_to_get(entry)}")
+    print(f"{len(names) - len(missing)} of {len(names)} found")
+    fetchable = [e.name for e in missing if e.downloadable]
+    if fetchable:
+        print(f"fetch the {len(fetchable)} missing: {fetch_command(args.names or ['--all'])}"
+              + ("" if args.how else "  (--how: one command per file)"))
     return 0
 
 

@@ -42,6 +42,8 @@ CASES = [
     ("snapgen.train_decoder", ["--bogus-option"], "--bogus-option"),
     ("snapgen.recipes", ["nosuch"], "nosuch"),
     ("ablations.sweep", ["unet", "--bogus-option"], "--bogus-option"),
+    ("evals.geneval", ["/tmp", "--options", "clip_model=ViT-B-32"], "clip_model"),
+    ("evals.dpg", ["/tmp", "--pic-num", "3"], "--pic-num"),
     ("evals.fid", ["/nonexistent/imgs"], "/nonexistent/imgs"),
     ("evals.fid", ["/tmp", "--n", "0"], "--n"),
     ("evals.fid", ["/tmp", "--steps", "abc"], "abc"),

@@ -205,3 +205,57 @@ def test_parse_questions_skips_first_row_like_official(tmp_path):
     assert set(questions["0"].qid2question) == {2}  # row 0 skipped, as the official script does
     assert questions["1"].qid2dependency == {1: [0], 2: [1, 0]}
     assert questions["1"].qid2tuple[2] == "global - ()"
+
+
+# --- the official CLIs' options: GenEval --options key=value, DPG-Bench --pic-num ------------------------------------
+
+
+def test_geneval_options_default_to_the_official_values_and_change_the_rules():
+    assert geneval.parse_options([]) == geneval.DEFAULT_OPTIONS
+    assert (geneval.DEFAULT_OPTIONS.threshold, geneval.DEFAULT_OPTIONS.counting_threshold,
+            geneval.DEFAULT_OPTIONS.max_objects, geneval.DEFAULT_OPTIONS.max_overlap,
+            geneval.DEFAULT_OPTIONS.position_threshold) == (0.3, 0.9, 16, 1.0, 0.1)
+    options = geneval.parse_options(["threshold=0.5", "max_objects=2", "max_overlap=0.5", "position_threshold=0.4"])
+    assert (options.threshold, options.max_objects, options.counting_threshold) == (0.5, 2, 0.9)
+    dets = {"cat": [square(5, 5, score=0.4), square(30, 30, score=0.8), square(60, 60, score=0.7),
+                    square(61, 60, score=0.75)]}
+    assert len(geneval.select_detections(dets, "single_object")["cat"]) == 4  # defaults: > 0.3, 16, no NMS
+    kept = geneval.select_detections(dets, "single_object", options)["cat"]
+    assert [float(d.box[4]) for d in kept] == pytest.approx([0.8, 0.75])  # > 0.5, at most 2
+    nms = geneval.select_detections(dets, "single_object", geneval.parse_options(["max_overlap=0.5"]))["cat"]
+    assert len(nms) == 3  # the two overlapping squares at (60, 60), (61, 60) become one
+    a, b = square(62, 50).box, square(50, 50).box  # 12 px apart, boxes of 10: 0.1 keeps it, 0.4 removes it
+    assert geneval.relative_position(a, b) == {"right of"}
+    assert geneval.relative_position(a, b, options.position_threshold) == set()
+
+
+@pytest.mark.parametrize("pairs, message", [(["threshold"], "key=value"), (["clip_model=ViT-B"], "unknown"),
+                                            (["max_objects=many"], "not a valid int")])
+def test_geneval_bad_options_are_one_line_errors(pairs, message):
+    with pytest.raises(ValueError, match=message):
+        geneval.parse_options(pairs)
+
+
+class CountingVQA:
+    """Answers "yes" and counts the crops it was shown."""
+
+    name = "counting stub"
+
+    def __init__(self):
+        self.sizes = []
+
+    def vqa(self, image, question):
+        self.sizes.append(image.size)
+        return "yes"
+
+
+@pytest.mark.parametrize("pic_num, file_size", [(1, (16, 16)), (2, (32, 16)), (4, (32, 32))])
+def test_dpg_pic_num_scores_the_official_crops(tmp_path, pic_num, file_size):
+    assert dpg.crop_boxes(16, pic_num) == [(0, 0, 16, 16), (16, 0, 32, 16), (0, 16, 16, 32),
+                                           (16, 16, 32, 32)][:pic_num]
+    Image.new("RGB", file_size).save(tmp_path / "7.png")
+    questions = {"7": dpg.ItemQuestions({1: "entity - whole (cat)"}, {1: [0]}, {1: "Is there a cat?"})}
+    vqa = CountingVQA()
+    (tmp_path / "out").mkdir()
+    result = dpg.evaluate_folder(tmp_path, questions, vqa, None, tmp_path / "out", pic_num=pic_num)
+    assert vqa.sizes == [(16, 16)] * pic_num and result["scores"]["dpg_overall"] == 100.0

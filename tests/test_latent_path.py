@@ -52,18 +52,24 @@ def test_sample_cli_writes_a_grid(latent_run, tmp_path):
     assert main([str(latent_run), "--steps", "2", "--n", "2", "--out", str(tmp_path / "x.png")]) == 0
     grid = Image.open(tmp_path / "x.png")
     names = open_run(latent_run).class_names
-    # one labelled row per class, 2 decoded 32 px samples each, upscaled 2x to 64 px tiles
-    assert grid.size == (6 * max(map(len, names)) + 10 + 2 * 64, len(names) * 64)
-    tiles = np.asarray(grid)[:, -2 * 64:]
+    # one labelled row per class, 2 decoded 32 px samples each, upscaled 8x to 256 px tiles
+    assert grid.size[1] == len(names) * 256 and grid.size[0] > 2 * 256
+    tiles = np.asarray(grid)[:, -2 * 256:]
     assert tiles.std() > 0  # decoded images, not a blank canvas
+    labels = np.asarray(grid)[:, : grid.size[0] - 2 * 256]
+    assert (labels < 128).any() and (labels == 255).mean() > 0.5  # dark label text on white
 
 
 def test_generate_cli_writes_a_32px_image(latent_run, tmp_path):
     from snapgen.generate import main
 
-    main([str(latent_run), "--prompt", "a photo of a cat", "--steps", "2", "--out", str(tmp_path / "y.png")])
+    main([str(latent_run), "--prompt", "a photo of a cat", "--steps", "2", "--plain", "--out", str(tmp_path / "y.png")])
     image = Image.open(tmp_path / "y.png")
-    assert image.size == (32, 32) and image.mode == "RGB"
+    assert image.size == (32, 32) and image.mode == "RGB"  # the run's resolution, decoded by its autoencoder
+    main([str(latent_run), "--prompt", "a photo of a cat", "--steps", "2", "--out", str(tmp_path / "z.png")])
+    shown = Image.open(tmp_path / "z.png")  # for people: upscaled 8x (nearest), labelled on the left
+    assert shown.size[1] == 256 and shown.size[0] > 256
+    assert np.array_equal(np.asarray(shown)[::8, -256::8], np.asarray(image))
 
 
 def test_fid_of_the_latent_run_is_finite(latent_run, tmp_path):
@@ -95,7 +101,7 @@ def test_step_distillation_of_the_latent_run_evaluates_in_one_step(latent_run, t
                           eval_samples_per_class=1)
     assert result["step"] == 2
     grid = Image.open(out / "samples" / "fewstep_1.png")
-    assert grid.size[1] == len(open_run(latent_run).class_names) * 64  # 32 px decoded tiles, upscaled 2x
+    assert grid.size[1] == len(open_run(latent_run).class_names) * 256  # 32 px decoded tiles, upscaled 8x
     assert (out / "samples" / "before_1.png").is_file() and (out / "eval.json").is_file()
     assert math.isfinite(result["fewstep_mse_vs_teacher_1"]) and math.isfinite(result["before_mse_vs_teacher_1"])
     distilled = open_run(out)

@@ -87,9 +87,15 @@ def test_pixel_space_pipeline_and_cli(tmp_path):
     pipe.save_pretrained(tmp_path / "pixel")
     out = tmp_path / "img.png"
     generate.main([str(tmp_path / "pixel"), "--prompt", "a photo of a cat", "--prompt", "a photo of a ship",
+                   "--steps", "3", "--n", "2", "--out", str(out), "--plain"])
+    assert Image.open(out).size == (32, 32)  # 2 x 2 images of 16 px, at their own pixels
+    plain = np.asarray(Image.open(out)).copy()
+    generate.main([str(tmp_path / "pixel"), "--prompt", "a photo of a cat", "--prompt", "a photo of a ship",
                    "--steps", "3", "--n", "2", "--out", str(out)])
-    assert Image.open(out).size == (32, 32)
-    first = np.asarray(Image.open(out)).copy()
+    shown = np.asarray(Image.open(out))  # for people: 2 labelled rows, tiles upscaled 16x (nearest) to 256 px
+    assert shown.shape[:2] == (2 * 256, shown.shape[1]) and shown.shape[1] > 2 * 256
+    assert np.array_equal(shown[::16, -2 * 256::16], plain)
+    first = shown.copy()
     generate.main([str(tmp_path / "pixel"), "--prompt", "a photo of a cat", "--prompt", "a photo of a ship",
                    "--steps", "3", "--n", "2", "--out", str(out)])
     assert np.array_equal(first, np.asarray(Image.open(out)))

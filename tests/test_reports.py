@@ -160,19 +160,21 @@ def test_ingest_decoder_results_then_table2_reads_them(tmp_path, mlflow_uri):
     latency = tmp_path / "decoder_latency.json"
     latency.write_text(json.dumps([
         {"decoder": d, "batch": b, "median_ms": ms, "params_m": 1.0, "backend": "torch-cuda", "dtype": "bfloat16",
-         "device": "GPU-X", "latent": 128, "image": 1024, "repeats": 20}
+         "device": "GPU-X", "latent": 128, "image": 1024, "repeats": 20, "p10": ms - 0.1, "p90": ms + 0.2}
         for d, b, ms in (("ours (tiny)", 1, 6.0), ("ours (tiny)", 4, 22.0), ("taesd3", 1, 7.0))]))
     evals = [write_eval("photos", 24.0, 32.0), write_eval("cifar", 45.0, 41.0)]
     records = ingest.decoder_records(evals, latency)
     assert records["tiny"]["metrics"] == {"psnr": 24.0, "ssim": 0.9, "psnr_photos": 24.0, "ssim_photos": 0.9,
                                           "psnr_cifar": 45.0, "ssim_cifar": 0.9, "params_m": 1.38,
-                                          "gflops": 222.3, "latency_ms": 6.0, "latency_ms_b4": 22.0}
+                                          "gflops": 222.3, "latency_ms": 6.0, "latency_p10_ms": 5.9,
+                                          "latency_p90_ms": 6.2, "latency_ms_b4": 22.0}
     assert [logged for _, logged in ingest.ingest_decoder(evals, latency, mlflow_uri)] == [True, True]
     assert [logged for _, logged in ingest.ingest_decoder(evals, latency, mlflow_uri)] == [False, False]
     table = tables.table2(tracking_uri=mlflow_uri)
     ours = table.frame.set_index("decoder").loc["Ours (TinyDecoder, this repo)"]
-    assert ours["psnr"] == 24.0 and ours["latency_ms"] == 6.0 and ours["gflops"] == 222.3
+    assert ours["psnr"] == 24.0 and ours["latency_ms"] == "6.0 (5.9–6.2)" and ours["gflops"] == 222.3
     notes = tables.render(table, "md")[1]
+    assert tables.LATENCY_CELL_NOTE in notes
     assert "PSNR on photos: set photos" in notes and "torch-cuda bfloat16, GPU-X" in notes
 
 

@@ -141,7 +141,8 @@ def test_cli_distils_a_run_that_samples_in_four_steps(tmp_path, monkeypatch):
                   "--teacher-set", "num_layers=1", "num_attention_heads=2", "attention_head_dim=8", "steps=2",
                   "batch_size=4", "--set", "batch_size=4"])
     sample_main([str(tmp_path / "fewstep"), "--steps", "4", "--cfg", "1", "--n", "2", "--out", str(tmp_path / "g.png")])
-    assert Image.open(tmp_path / "g.png").size == (6 * len("automobile") + 10 + 2 * 64, 10 * 64)  # labelled rows
+    grid = Image.open(tmp_path / "g.png")
+    assert grid.size[1] == 10 * 256 and grid.size[0] > 2 * 256  # labelled rows of 8 px tiles shown at 256 px
 
 
 def test_ladd_heads_learn_through_the_engine_and_steer_the_student(tmp_path, one_thread):

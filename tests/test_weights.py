@@ -212,3 +212,73 @@ def test_shared_assets_verify():
         pytest.skip(f"no shared assets at {assets}")
     for name in ("taesd3_encoder", "taesd3_decoder", "taesdxl_decoder", "geneval_metadata", "parti_prompts"):
         assert find(name, download=False, verify=True) == assets / REGISTRY[name].relpath
+
+
+# ---- weights up front: what a command needs, all missing files in one error ------------------------------------------
+
+
+def test_commands_name_known_entries():
+    for command in weights.COMMAND_FILES:
+        assert set(weights.command_files(command)) <= set(REGISTRY), command
+    for command, prompts in weights.PROMPT_FILES.items():
+        assert set(prompts) <= set(weights.COMMAND_FILES[command]), command
+
+
+def test_require_lists_every_missing_file_and_the_fetch_command(dirs):
+    for name in ("geneval_metadata", "geneval_object_names"):
+        _write(dirs["assets"] / REGISTRY[name].relpath, REGISTRY[name].size)
+    with pytest.raises(WeightsNotFoundError) as caught:
+        weights.require(weights.command_files("geneval"), "GenEval", command="geneval")
+    message = str(caught.value)
+    assert caught.value.missing == ["mask2former_coco_instance", "clip_vit_l14"]
+    assert "GenEval needs 4 file(s); 2 missing" in message
+    assert "MISSING mask2former_coco_instance" in message and "MISSING clip_vit_l14" in message
+    assert "about 870 MB" in message and "found   geneval_metadata" in message
+    assert "python -m snapgen.weights geneval --fetch" in message
+    assert "hf download facebook/mask2former-swin-large-coco-instance" in message  # and one by one
+    found = weights.require(["geneval_metadata", "geneval_object_names"], "GenEval prompts")
+    assert found["geneval_metadata"] == dirs["assets"] / REGISTRY["geneval_metadata"].relpath
+
+
+def test_cli_lists_a_commands_files_with_sizes(dirs, capsys):
+    entry = REGISTRY["geneval_metadata"]
+    _write(dirs["assets"] / entry.relpath, entry.size)
+    assert weights.main(["geneval"]) == 0
+    out = capsys.readouterr().out
+    assert "found    geneval_metadata" in out and "85,209 bytes" in out
+    for name in ("geneval_object_names", "mask2former_coco_instance", "clip_vit_l14"):
+        assert f"MISSING  {name}" in out
+    assert "1 of 4 found" in out and "python -m snapgen.weights geneval --fetch" in out
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
+        weights.main(["geneval", "--fetch"])
+
+
+@pytest.mark.parametrize("module, missing", [
+    ("geneval", ["mask2former_coco_instance", "clip_vit_l14", "geneval_object_names"]),
+    ("imagereward", ["imagereward", "imagereward_med_config", "blip_vqa_large"]),
+    ("clipscore", ["clip_vit_l14"]),
+])
+def test_each_eval_reports_all_missing_files_before_any_work(dirs, tmp_path, module, missing):
+    import importlib
+
+    from PIL import Image
+
+    images = tmp_path / "images" / "00000" / "samples"
+    images.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(images / "0000.png")
+    with pytest.raises(WeightsNotFoundError) as caught:
+        importlib.import_module(f"evals.{module}").main([str(tmp_path / "images"), "--no-mlflow",
+                                                       "--out", str(tmp_path / "out")])
+    assert set(missing) <= set(caught.value.missing)
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_fid_reports_inception_and_cifar_together(dirs, tmp_path, capsys):
+    from PIL import Image
+
+    from evals import fid
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert fid.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "MISSING cleanfid_inception" in err and "MISSING cifar10_npz" in err

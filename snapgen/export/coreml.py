@@ -211,7 +211,7 @@ def log_to_mlflow(report: dict[str, Any], run_name: str = "coreml") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m snapgen.export.coreml", description=__doc__.split("\n")[0])
     p.add_argument("ckpt", help="pipeline dir, snapgen.train run dir, or an EfficientUNet / TinyDecoder dir")
     p.add_argument("--out", required=True)
     p.add_argument("--latent", type=int, default=128, help="latent side (128 = 1024px image with an f=8 decoder)")
