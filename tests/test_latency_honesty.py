@@ -90,7 +90,7 @@ def test_fig3_table_shows_median_with_spread_or_why_not(mlflow_uri):
         "12.3 ms (p10 11.9-p90 13.0, n=10), torch-cuda on GPU-X")
     log("b_no_sa_high_res", "h2", {}, "not measured at smoke scale (reason)")
     table = tables.fig3_table(tracking_uri=mlflow_uri, scale="small")
-    cells = table.frame.set_index("step")["latency_ms"]
+    cells = table.details.set_index("step")["latency_ms"]  # the compact table leaves latency to the details CSV
     assert cells["a_baseline"] == "12.3 (11.9–13.0)" and tables._is_missing(cells["b_no_sa_high_res"])
     notes = tables.render(table, "md")[1]
     assert tables.LATENCY_CELL_NOTE in notes and "latency: not measured at smoke scale (reason)" in notes
