@@ -439,7 +439,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=30, help="timed steps (after --warmup-steps)")
     p.add_argument("--warmup-steps", type=int, default=20, help="untimed steps first (compilation, autotuning)")
