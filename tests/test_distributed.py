@@ -147,3 +147,23 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert sorted(two) == sorted(one) == list(range(1, STEPS + 1))
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=RTOL), (step, two[step], one[step])
+
+
+def test_dry_run_prints_the_resource_plan(tmp_path, capsys):
+    """trials x workers x GPUs, and GPU-hours = steps x batch / (measured img/s scaled by latent area) / 3600."""
+    from ablations import distributed
+
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    trials = sweep.plan(sweep.load_spec(tmp_path / "spec.yaml"), "smoke", out_root=tmp_path, progress=False)
+    speed = {"img_per_s": 100.0, "latent": 8, "device": "test GPU", "setting": "measured"}
+    plan = distributed.resource_plan(trials, workers=4, gpus_per_worker=2, speed=speed)
+    assert plan["gpus_per_trial"] == 8
+    # 16x16 pixels, no autoencoder: a 16x16 UNet input, 4x the measured 8x8 area, so 25 img/s
+    assert plan["gpu_hours_total"] == pytest.approx(STEPS * 8 / 25 / 3600)
+    assert "1 trials x 4 workers x 2 GPU = 8 GPUs per trial" in distributed.format_plan(plan)
+    sweep.main(["unet", "--spec", str(tmp_path / "spec.yaml"), "--workers-per-trial", "2", "--dry-run",
+                "--out-root", str(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert "1 trials x 2 workers x 1 GPU = 2 GPUs per trial" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--executor ray"):
+        sweep.main(["unet", "--spec", str(tmp_path / "spec.yaml"), "--executor", "local", "--workers-per-trial", "2",
+                    "--dry-run"])
