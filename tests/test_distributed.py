@@ -8,7 +8,7 @@ process accumulates two halves). Tolerance: train_loss within rtol 1e-4 at every
 to the last bit at all 10 steps, for Ray Train and torchrun).
 
 One Ray cluster for the module; one Ray Train trial (2 workers, rank 0 SIGKILLed after step 5, so Ray restarts the
-worker group, which resumes from the step-4 checkpoint) serves both Ray tests: a tiny net (width 32, 16x16, batch 8).
+worker group, which resumes from its last checkpoint, step 4 or 8) serves both Ray tests: a tiny net (width 32, 16x16, batch 8).
 """
 
 import os
