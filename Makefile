@@ -3,6 +3,7 @@
 #   make install TORCH="torch==2.11.0"   same, with another torch (the constraint follows what is installed)
 #   make test                 the test suite (CPU, minutes)
 #   make ablation-unet        the UNet architecture ablation (Fig. 3 / Table 1) at SCALE=smoke|small|paper
+#   make mlflow-server        a tracking server many trials share (README "On a cluster"); MLFLOW_BACKEND_STORE_URI=...
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -14,6 +15,13 @@ TORCH ?= torch==2.13.0
 SCALE ?= smoke
 EXECUTOR ?= local
 LATENT ?= 128
+# make mlflow-server: loopback only unless MLFLOW_HOST says otherwise; SQLite unless the environment names PostgreSQL
+# (MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://user@db-host/mlflow); artifacts are proxied by the server into here.
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_BACKEND_STORE_URI ?= sqlite:///mlruns.db
+MLFLOW_ARTIFACTS_DESTINATION ?= mlartifacts
+MLFLOW_WORKERS ?= 4
 
 PY := $(VENV)/bin/python
 CONSTRAINTS := $(VENV)/constraints.txt
@@ -29,11 +37,12 @@ ifdef SNAPGEN_ASSETS
 export SNAPGEN_ASSETS
 endif
 
-.PHONY: help install test ablation-unet ablation-kd table1 table2 table3 efficiency mlflow-ui weights clean distclean
+.PHONY: help install test ablation-unet ablation-kd table1 table2 table3 efficiency mlflow-ui mlflow-server weights clean \
+	distclean
 
 help:
 	@sed -n '2,6p' Makefile | sed 's/^# \{0,1\}//'
-	@echo "other targets: ablation-kd table1 table2 table3 efficiency mlflow-ui weights clean distclean"
+	@echo "other targets: ablation-kd table1 table2 table3 efficiency mlflow-ui mlflow-server weights clean distclean"
 	@echo "variables: VENV=$(VENV) TORCH=$(TORCH) SCALE=$(SCALE) EXECUTOR=$(EXECUTOR) SNAPGEN_ASSETS=$(SNAPGEN_ASSETS)"
 
 install: $(STAMP)
@@ -98,6 +107,12 @@ efficiency: install
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db --host 127.0.0.1 --port 5000
+
+# Trials, sweeps and evals log here when MLFLOW_TRACKING_URI=http://<this host>:$(MLFLOW_PORT) is set where they run.
+mlflow-server: install
+	$(VENV)/bin/mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS) \
+	  --backend-store-uri "$(MLFLOW_BACKEND_STORE_URI)" --serve-artifacts \
+	  --artifacts-destination "$(MLFLOW_ARTIFACTS_DESTINATION)"
 
 weights: install
 	$(PY) -m snapgen.weights

@@ -308,8 +308,10 @@ def _exit_dead_cluster(message: str) -> None:
 
 
 def run_ray(trials: list[dict[str, Any]], uri: str | None = None, storage: str | Path | None = None,
-            name: str = "sweep") -> list[dict[str, Any]]:
-    """The same trials as Ray Tune trials: one GPU each where GPUs exist, else one CPU, one at a time on CPU."""
+            name: str = "sweep", workers_per_trial: int | None = None, gpus_per_worker: float = 1.0,
+            max_failures: int | None = None) -> list[dict[str, Any]]:
+    """The same trials as Ray Tune trials: one GPU each where GPUs exist, else one CPU, one at a time on CPU. With
+    `workers_per_trial`, each trial is a Ray Train trial of that many workers (`ablations.distributed`)."""
     try:
         import ray
         from ray import tune
@@ -317,19 +319,30 @@ def run_ray(trials: list[dict[str, Any]], uri: str | None = None, storage: str |
         raise RuntimeError(f"--executor ray needs ray[tune] ({error}); use --executor local") from error
     if not trials:
         return []
+    from ablations import distributed
+
     gpus = _gpu_count()
-    if not ray.is_initialized():
+    if not ray.is_initialized():  # `ray start --head` on a cluster: RAY_ADDRESS or address="auto" joins it
         repo = str(Path(__file__).resolve().parents[1])
-        ray.init(include_dashboard=False, num_gpus=gpus, log_to_driver=True,
-                 runtime_env={"env_vars": {"PYTHONPATH": repo}})
+        ray.init(include_dashboard=False, num_gpus=None if os.environ.get("RAY_ADDRESS") else gpus,
+                 log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": repo, **distributed.RAY_TRAIN_ENV}})
     uri = tracking.absolute_uri(uri)
     resources = {"cpu": 1, "gpu": 1} if gpus else {"cpu": 1}
+    trainable, space, concurrent = _ray_trainable, {"trial": tune.grid_search(trials), "uri": uri}, max(1, gpus)
+    if workers_per_trial:  # a light driver per trial; its TorchTrainer's workers reserve the CPUs and GPUs
+        cluster = ray.cluster_resources()
+        per_worker = gpus_per_worker if cluster.get("GPU", 0) else 0.0
+        plan = distributed.trial_resources(workers_per_trial, per_worker, cluster.get("GPU", 0), cluster.get("CPU", 1))
+        trainable, resources, concurrent = distributed.train_driver, {"cpu": distributed.DRIVER_CPUS}, plan["concurrent"]
+        space.update(workers=workers_per_trial, gpus_per_worker=per_worker,
+                     max_failures=distributed.DEFAULT_MAX_FAILURES if max_failures is None else max_failures)
     label = {trial_hash(t): f"{t['step']}-s{t['seed']}-{trial_hash(t)}" for t in trials}
     tuner = tune.Tuner(
-        tune.with_resources(_ray_trainable, resources),
-        param_space={"trial": tune.grid_search(trials), "uri": uri},
+        tune.with_resources(trainable, resources),
+        param_space=space,
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=max(1, gpus),  # CPU trials would only fight over the same cores
+            max_concurrent_trials=concurrent,  # CPU trials would only fight over the same cores
             trial_name_creator=lambda t: label[trial_hash(t.config["trial"])],
             trial_dirname_creator=lambda t: label[trial_hash(t.config["trial"])],
         ),
@@ -463,7 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep", help=f"sweep name ({', '.join(available_sweeps())}); its spec is "
                                       f"ablations/specs/<sweep>.yaml unless --spec is given")
     parser.add_argument("--scale", default="smoke", choices=["smoke", "small", "paper"])
-    parser.add_argument("--executor", default="local", choices=EXECUTORS)
+    parser.add_argument("--executor", default=None, choices=EXECUTORS,
+                        help="default: local, or ray with --workers-per-trial (and at --scale paper)")
+    parser.add_argument("--workers-per-trial", type=int, default=None, metavar="N",
+                        help="run each trial as a Ray Train trial of N workers (DDP; default 8 at --scale paper)")
+    parser.add_argument("--gpus-per-worker", type=float, default=1.0, metavar="G",
+                        help="GPUs per Ray Train worker where the cluster has GPUs (default 1)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per trial (default: the spec's)")
     parser.add_argument("--spec", default=None, help="a spec file instead of ablations/specs/<sweep>.yaml")
     parser.add_argument("--out-root", default=str(DEFAULT_OUT_ROOT), help="trial directories go under here")
@@ -483,6 +501,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="no MLflow: write <trial dir>/trial_result.json; log them later with "
                              "`python -m ablations.sweep ingest --out-root DIR` (DIR: this sweep's --out-root)")
     args = parser.parse_args(argv)
+    from ablations import distributed
+
+    workers = args.workers_per_trial if args.workers_per_trial is not None else \
+        distributed.default_workers(args.scale, args.executor)
+    distributed.check_workers(workers, args.executor)
+    args.executor = args.executor or ("ray" if workers else "local")
     uri = tracking.absolute_uri(args.tracking_uri)
     if args.sweep == "ingest":  # `python -m ablations.sweep ingest --out-root DIR` of an untracked sweep
         summaries = ingest(args.out_root, uri)
@@ -519,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{t['step']:24s} seed {t['seed']}  {trial_hash(t)}  {state:7s} {t['arch']}")
         print(json.dumps({k: v for k, v in trials[0].items() if k not in ("step", "parent", "delta", "arch")},
                          indent=1, default=str) if trials else "no trials")
+        print(distributed.format_plan(distributed.resource_plan(trials, workers or 1, args.gpus_per_worker)))
         return 0
     if args.no_tracking:
         summaries = run_untracked(trials)
@@ -536,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         uri=uri)
     trials = [{**t, "_parent_run_id": parent_id} for t in trials]
     try:
-        summaries = run_sweep(trials, args.executor, uri)
+        summaries = run_sweep(trials, args.executor, uri, **(
+            {"workers_per_trial": workers, "gpus_per_worker": args.gpus_per_worker} if workers else {}))
         if args.prune_checkpoints:
             status = {s["config_hash"]: s["status"] for s in summaries}
             for trial in trials:

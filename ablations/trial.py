@@ -220,6 +220,7 @@ def run_trial(trial: dict[str, Any], callbacks=()) -> dict[str, Any]:
     import traceback
 
     from snapgen.train import train
+    from snapgen.training import process_rank
 
     if trial.get("stage"):  # a step-distillation or decoder arm (specs with `stage` and `arms`)
         from ablations.stage_trials import run_stage_trial
@@ -227,12 +228,15 @@ def run_trial(trial: dict[str, Any], callbacks=()) -> dict[str, Any]:
         return run_stage_trial(trial, callbacks)
     out = trial_dir(trial)
     cfg = train_config(trial)
-    live = live_run(trial, cfg) if trial.get("_tracking_uri") else None
+    rank = process_rank()  # a Ray Train worker or torchrun rank: only rank 0 touches MLflow, evaluates, profiles
+    live = live_run(trial, cfg) if trial.get("_tracking_uri") and rank == 0 else None
     try:
         train_kwargs = kd_setup(trial, cfg) if trial.get("kd_row") else {}
         # train (resumes from out/checkpoint when rerun)
-        trained = train(cfg, out, progress=bool(trial.get("_progress", True)),
+        trained = train(cfg, out, progress=bool(trial.get("_progress", True)) and rank == 0,
                         callbacks=[*([live] if live is not None else []), *callbacks], **train_kwargs)
+        if rank != 0:
+            return {"rank": rank, "out": str(out), "metrics": {}}
         result = _evaluate_and_profile(trial, cfg, out, trained)
     except BaseException as error:
         if live is not None and live.run_id is not None:

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,22 +44,30 @@ class RunError(RuntimeError):
 
 class RunLock:
     """An exclusive advisory lock on a run directory (`flock` on `<out>/.lock`; the kernel releases it when the holder
-    dies, so a crash never leaves a stale lock). A second writer fails at once with the holder's PID and host."""
+    dies, so a crash never leaves a stale lock). A second writer fails with the holder's PID and host: at once, or
+    after `wait_s` seconds of trying (a restarted distributed trial whose killed predecessor is still exiting)."""
 
-    def __init__(self, out: str | Path):
-        self.path, self._fd = Path(out) / LOCK_FILE, None
+    def __init__(self, out: str | Path, wait_s: float = 0.0):
+        self.path, self._fd, self.wait_s = Path(out) / LOCK_FILE, None, wait_s
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise RunError(f"{self.path.parent} is being written by {holder}; wait for it, or use another --out")
-            raise
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EACCES) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                if e.errno in (errno.EAGAIN, errno.EACCES):
+                    raise RunError(f"{self.path.parent} is being written by {holder}; wait for it, or use another "
+                                   f"--out")
+                raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd

@@ -26,7 +26,7 @@ from .config import UNetConfig, preset_config, public_config
 from .models import EfficientUNet
 from .models.autoencoders import AUTOENCODERS
 from .registry import resolve, shrink
-from .training import EngineOptions, Phase, Stage, fit
+from .training import EngineOptions, Phase, Stage, fit, process_rank
 from .training.cli import add_run_arguments, parse_overrides, print_options, run_cli
 
 
@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"--resume: no checkpoint in {out}")
     t0 = time.time()
     result = train(cfg, out, progress=not args.no_progress)
+    if process_rank() != 0:  # under torchrun every rank trains; rank 0 reports
+        return 0
     print(json.dumps({k: v for k, v in result.items() if k != "unet_config"} | {"minutes": (time.time() - t0) / 60},
                      indent=2))
     return 0

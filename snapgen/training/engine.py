@@ -6,13 +6,21 @@ and its evaluation. The engine owns everything else, the same way for every stag
 
 - precision: the network body in bf16 under autocast on CUDA, losses, optimizer and EMA in fp32 (STYLE.md 7);
 - optional `torch.compile` of the trained modules (saved modules are always the unwrapped ones), DDP under
-  `torchrun` (gloo on CPU, NCCL on GPU), gradient accumulation, linear warm-up, EMA with diffusers' warm-up;
+  `torchrun` or a Ray Train worker group (gloo on CPU, NCCL on GPU), gradient accumulation, linear warm-up, EMA with
+  diffusers' warm-up;
 - one NaN/inf policy: a phase whose gradient norm is not finite skips its update (AdamW's `found_inf`, so no host
   sync per step) and counts it; past `max_nan_skips` the run stops naming the last good checkpoint; a checkpoint is
   written only from finite weights;
 - the time budget, the progress bar, `metrics.jsonl`, atomic checkpoints, exact resume by rerunning the same command
-  (all randomness from (seed, rank, step, phase)), the run directory's lock, and the callbacks that live tracking
-  (`snapgen.tracking.LiveRun`) and validation use.
+  (all randomness from (seed, micro-batch, step, phase)), the run directory's lock, and the callbacks that live
+  tracking (`snapgen.tracking.LiveRun`) and validation use.
+
+Several processes (DDP): every rank builds the same global batch of a step and trains its slice; the noise of each
+micro-batch comes from its index in the global batch, so a run depends on the global batch and on world x grad_accum
+(the number of micro-batches), not on which process computes which micro-batch: 2 processes with grad_accum=1 train
+what 1 process with grad_accum=2 trains, up to float summation order. Logged train metrics are means over all ranks.
+Rank 0 alone writes the run directory (lock, config, metrics.jsonl, checkpoints, samples) and calls the callbacks;
+every rank resumes from the checkpoint it wrote (the run directory must be on storage every rank sees).
 """
 
 from __future__ import annotations
@@ -171,23 +179,41 @@ class Models(dict):
     raw: dict[str, torch.nn.Module]
 
 
-def step_generator(seed: int, rank: int, step: int, device, phase: str = "") -> torch.Generator:
-    """All randomness of a step comes from (seed, rank, step, phase): resume needs no RNG state."""
-    return torch.Generator(device).manual_seed(int(stable_hash([seed, rank, step, phase]), 16) % 2**63)
+def step_generator(seed: int, shard: int, step: int, device, phase: str = "") -> torch.Generator:
+    """All randomness of a step comes from (seed, shard, step, phase), `shard` being the micro-batch's index in the
+    global batch: resume needs no RNG state, and the process that computes a micro-batch does not matter."""
+    return torch.Generator(device).manual_seed(int(stable_hash([seed, shard, step, phase]), 16) % 2**63)
 
 
 def dist_info() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) under torchrun / Ray Train (WORLD_SIZE, RANK, LOCAL_RANK), else (0, 1, default)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
+    """(rank, world size, device) of this process.
+
+    - A process group someone already set up (a Ray Train worker: `TorchTrainer` initialises gloo or NCCL before the
+      training function runs) is used as it is.
+    - Under torchrun (`WORLD_SIZE` > 1, `MASTER_ADDR`, ...) the group is initialised here: NCCL on CUDA, else gloo.
+    - Otherwise one process: (0, 1, cuda:0 or cpu).
+
+    The CUDA device: the one Ray Train assigned (`ACCELERATE_TORCH_DEVICE`, which it sets from the GPU ids it gave
+    the worker, whatever `CUDA_VISIBLE_DEVICES` holds), else `cuda:<LOCAL_RANK>` (torchrun)."""
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        assigned = os.environ.get("ACCELERATE_TORCH_DEVICE", "")
+        device = torch.device(assigned) if assigned.startswith("cuda") else \
+            torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     return rank, world, device
+
+
+def process_rank() -> int:
+    """This process's rank without touching the process group (0 outside torchrun and Ray Train): what code that
+    must run on rank 0 only (MLflow) asks before `fit` starts."""
+    if dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", 0))
 
 
 @torch.no_grad()
@@ -245,7 +271,14 @@ class _Meter:
         self.sums[key] = self.sums[key] + value if key in self.sums else value
         self.counts[key] = self.counts[key] + ok.float() if key in self.counts else ok.float()
 
-    def flush(self) -> dict[str, float]:
+    def flush(self, world: int = 1) -> dict[str, float]:
+        """The window's means; with several ranks, over every rank's micro-batches (one all-reduce per record)."""
+        keys = sorted(self.sums)
+        if world > 1 and keys:
+            packed = torch.stack([self.sums[k] for k in keys] + [self.counts[k] for k in keys])
+            dist.all_reduce(packed)
+            self.sums = dict(zip(keys, packed[:len(keys)]))
+            self.counts = dict(zip(keys, packed[len(keys):]))
         out = {key: float(total) / float(self.counts[key]) for key, total in self.sums.items()
                if float(self.counts[key]) > 0}
         self.sums.clear()
@@ -289,7 +322,8 @@ def fit(stage: Stage, out: str | Path, *, progress: bool = True, callbacks: Sequ
             if hasattr(cb, event):
                 getattr(cb, event)(*args)
 
-    lock = runs.RunLock(out) if rank == 0 else None
+    # A restarted worker group may start while the killed one's rank 0 is still exiting: wait for its lock a while.
+    lock = runs.RunLock(out, wait_s=60 if world > 1 else 0) if rank == 0 else None
     if lock is not None:
         lock.__enter__()
     status, error = "FAILED", None
@@ -331,6 +365,8 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
 
     step, nan_skips = 0, 0
     out.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        dist.barrier()  # rank 0 holds the run directory's lock: no writer of an earlier attempt is left
     ckpt = runs.find_checkpoint(out)
     diffusers_modules = {k: m for k, m in raw.items() if hasattr(m, "save_pretrained")}
     if ckpt is not None:
@@ -342,6 +378,12 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
         step, nan_skips = int(state["step"]), int(state["nan_skips"])
         if rank == 0:
             print(f"resuming {out} at step {step}", file=sys.stderr)
+    if world > 1:  # every rank must resume from the same step: a rank that sees another checkpoint is an error
+        steps = [torch.zeros((), dtype=torch.long, device=device) for _ in range(world)]
+        dist.all_gather(steps, torch.tensor(step, device=device))
+        if len({int(s) for s in steps}) > 1:
+            raise runs.RunError(f"ranks found checkpoints of different steps in {out} ({[int(s) for s in steps]}): "
+                                f"the run directory must be on storage that every rank sees")
     last_good = ckpt if ckpt is not None else None
     if rank == 0:
         save_yaml(config, out / runs.CONFIG_FILE)
@@ -434,11 +476,11 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
                 group["lr"] = p.lr * lr_scale
             for name in trained:  # only this phase's parameters collect gradients
                 raw[name].requires_grad_(name in p.modules)
-            g = step_generator(o.seed, rank, step, device, p.name)
             logged: list[tuple[str, torch.Tensor]] = []
             loss_sum = torch.zeros((), device=device)
             for i, mb in enumerate(micros):
                 last_micro = i == len(micros) - 1
+                g = step_generator(o.seed, rank * o.grad_accum + i, step, device, p.name)  # the micro-batch's index
                 with contextlib.nullcontext() if last_micro else _no_sync([models[m] for m in p.modules if m in ddp]):
                     with autocast:
                         terms = p.loss_fn(models, mb, g)
@@ -470,7 +512,8 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
             raw[name].requires_grad_(True)
         step += 1
         bar.update(1)
-        if o.time_budget_min and (time.time() - started) / 60 > o.time_budget_min and end == o.steps:
+        if o.time_budget_min and end == o.steps and (world == 1 or step % o.log_every == 0) and \
+                _out_of_time(started, o.time_budget_min, world, device):
             end = step  # out of time: this step is the last (a rerun continues towards options.steps)
         logging = step % o.log_every == 0 or step % o.ckpt_every == 0 or step == end  # a resume starts a window
         if logging or step % o.ckpt_every == 0:
@@ -480,7 +523,7 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
             check_nan_limit(step)
         record: dict[str, Any] = {"step": step}
         if logging:
-            record.update(meter.flush(), nan_skips=nan_skips, **stage.flush_metrics())
+            record.update(meter.flush(world), nan_skips=nan_skips, **stage.flush_metrics())
         if (step % o.val_every == 0 or step == end) and rank == 0:
             record.update(evaluate(step))
         if rank == 0 and len(record) > 1:
@@ -512,6 +555,17 @@ def _fit_locked(stage, out, o, rank, world, device, micro, raw, phases, run_hash
     return result
 
 
+def _out_of_time(started: float, budget_min: float, world: int, device: torch.device) -> bool:
+    """Past the time budget? With several ranks rank 0's clock decides for all (a broadcast every log_every steps),
+    so every rank stops at the same step."""
+    over = (time.time() - started) / 60 > budget_min
+    if world == 1:
+        return over
+    flag = torch.tensor(int(over), device=device)
+    dist.broadcast(flag, 0)
+    return bool(flag)
+
+
 class _no_sync:
     """DDP's `no_sync` for several wrappers at once: accumulate micro-batches without an all-reduce each."""
 
@@ -528,4 +582,4 @@ class _no_sync:
 
 
 __all__ = ["EngineOptions", "UNHASHED_OPTIONS", "hashed_options", "Phase", "Stage", "Models", "fit",
-           "step_generator", "dist_info", "ema_update"]
+           "step_generator", "dist_info", "process_rank", "ema_update"]
