@@ -2,7 +2,7 @@
 #   make install              create $(VENV), install torch ($(TORCH)), then this package with its test extras
 #   make install TORCH="torch==2.11.0"   same, with another torch (the constraint follows what is installed)
 #   make test                 the test suite (CPU, minutes)
-#   make ablation-unet        the UNet architecture ablation (Fig. 3 / Table 1) at SCALE=smoke|small|paper
+#   make ablation-unet        the UNet architecture ablation (Fig. 3 / Table 1) at SCALE=smoke|small|paper [SEEDS=N]
 #   make mlflow-server        a tracking server many trials share (README "On a cluster"); MLFLOW_BACKEND_STORE_URI=...
 
 SHELL := /bin/bash
@@ -14,6 +14,7 @@ PYTHON_BOOT ?= python3
 TORCH ?= torch==2.13.0
 SCALE ?= smoke
 EXECUTOR ?= local
+SEEDS ?=
 LATENT ?= 128
 # make mlflow-server: loopback only unless MLFLOW_HOST says otherwise; SQLite unless the environment names PostgreSQL
 # (MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://user@db-host/mlflow); artifacts are proxied by the server into here.
@@ -67,10 +68,13 @@ test: install
 # and figure even when a trial failed). Until ablations/sweep.py exists the target runs the efficiency walk instead.
 ablation-unet: install
 	@if [ -f ablations/sweep.py ]; then \
-	  rc=0; $(PY) -m ablations.sweep unet --scale $(SCALE) --executor $(EXECUTOR) || rc=$$?; \
-	  $(PY) -m reports.tables fig3 --scale $(SCALE); \
+	  rc=0; $(PY) -m ablations.sweep unet --scale $(SCALE) --executor $(EXECUTOR) $(if $(SEEDS),--seeds $(SEEDS)) \
+	    || rc=$$?; \
+	  $(PY) -m reports.tables fig3 --scale $(SCALE) --details reports/figures/fig3_sweep_details.csv; \
 	  $(PY) -m reports.figures fig3 --from-mlflow --scale $(SCALE) --out reports/figures/fig3_sweep.png \
 	    || echo "figure not written (the table above is the record)"; \
+	  $(PY) -m reports.figures pareto --scale $(SCALE) --out reports/figures/fig3_sweep_pareto.png \
+	    || echo "Pareto plot not written"; \
 	  if [ $$rc -ne 0 ]; then exit $$rc; fi; \
 	  $(PY) -m reports.tables table1 --efficiency-only; \
 	else \

@@ -467,8 +467,9 @@ def report_commands(spec: dict[str, Any], scale: str, uri: str) -> list[str]:
     if spec.get("walk") != "fig3":
         return []
     where = f"--scale {scale} --tracking-uri {uri}"
-    return [f"python -m reports.tables fig3 {where}",
-            f"python -m reports.figures fig3 --from-mlflow {where} --out reports/figures/fig3_sweep.png"]
+    return [f"python -m reports.tables fig3 {where} --details reports/figures/fig3_sweep_details.csv",
+            f"python -m reports.figures fig3 --from-mlflow {where} --out reports/figures/fig3_sweep.png",
+            f"python -m reports.figures pareto {where} --out reports/figures/fig3_sweep_pareto.png"]
 
 
 def main(argv: list[str] | None = None) -> int:

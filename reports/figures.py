@@ -74,6 +74,14 @@ def _walk_metrics(tracking_uri: str | None) -> tuple[dict[str, dict[str, float]]
     return read_mlflow_runs(EXPERIMENT_UNET_ABLATION, tracking_uri)
 
 
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def fig3(rows: list[dict], out: Path, efficiency_only: bool = False, tracking_uri: str | None = None,
          latent: int | None = None) -> Path:
     """Draw Fig. 3 from walk rows (`snapgen.profile.profile_walk('fig3', ...)`) and save it to `out` (PNG)."""
@@ -122,11 +130,7 @@ def fig3(rows: list[dict], out: Path, efficiency_only: bool = False, tracking_ur
                 ax.text(0.5, 0.6, f"no MLflow data yet:\n{why or 'no runs with metric ' + metric}", ha="center",
                         va="center", transform=ax.transAxes, fontsize=8, wrap=True, color="#aa0000")
     fig.suptitle("Fig. 3 walk: ours (bars) with the deltas the paper states (Sec. 3.1)", fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def fig3_from_mlflow(out: Path, tracking_uri: str | None = None, scale: str | None = None) -> Path:
@@ -171,11 +175,7 @@ def pareto(rows: list[dict], out: Path, title: str = "") -> Path:
         ax.set_xlabel(label)
         ax.set_ylabel(f"{metric} (lower is better)" + ("; a proxy, not FID" if metric != "fid" else ""))
     fig.suptitle(title or f"Fig. 3 walk: {metric} vs. cost (mean ± std over seeds)", fontsize=11)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def pareto_from_mlflow(out: Path, tracking_uri: str | None = None, scale: str | None = None) -> Path:
