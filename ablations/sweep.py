@@ -1,7 +1,8 @@
-"""Ablation sweeps: `python -m ablations.sweep unet|unet_loo|kd|decoder [--scale smoke|small|paper]
+"""Ablation sweeps: `python -m ablations.sweep unet|unet_loo|kd|imagenet [--scale smoke|small|paper]
 [--executor ray|local] [--seeds N] [--spec PATH] [--dry-run]`.
 
-A spec (`ablations/specs/<sweep>.yaml`) names the trials (a registry walk, or KD rows), and per scale the training
+A spec (`ablations/specs/<sweep>.yaml`) names the trials (a registry walk, KD rows, or `models`: architectures
+trained as they are, e.g. Table 1's `snapgen-imagenet`), and per scale the training
 overrides, the FID settings and the profile settings. `plan` turns it into trial dicts; each trial is a plain function
 call (`ablations.trial.run_trial`) wrapped by `run_and_log`, which skips configs MLflow already holds as FINISHED,
 retries a failed trial once, then logs it FAILED with its error and goes on. The executors only differ in where
@@ -38,8 +39,8 @@ from ablations.trial import DEFAULT_OUT_ROOT, DEFAULT_PROFILE_CACHE, run_trial, 
 from snapgen import tracking
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
-SPEC_KEYS = {"sweep", "experiment", "walk", "steps", "arch", "rows", "teacher", "seeds", "metric_note", "scales",
-             "description"}
+SPEC_KEYS = {"sweep", "experiment", "walk", "steps", "arch", "rows", "models", "teacher", "seeds", "metric_note",
+             "scales", "description"}
 SCALE_KEYS = {"train", "fid", "profile", "metric_note", "teacher"}
 EXECUTORS = ("local", "ray")
 ATTEMPTS = 2  # a failed trial is retried once
@@ -70,8 +71,8 @@ def load_spec(name_or_path: str | Path) -> dict[str, Any]:
         bad = sorted(set(block or {}) - SCALE_KEYS)
         if bad:
             raise ValueError(f"{path}: scale {scale!r} has unknown keys {bad}; valid keys: {sorted(SCALE_KEYS)}")
-    if ("walk" in spec) == ("rows" in spec):
-        raise ValueError(f"{path}: a spec names either a registry `walk` or KD `rows`, exactly one")
+    if sum(k in spec for k in ("walk", "rows", "models")) != 1:
+        raise ValueError(f"{path}: a spec names exactly one of a registry `walk`, KD `rows` or `models`")
     spec["_path"] = str(path)
     return spec
 
@@ -127,6 +128,10 @@ def plan(spec: dict[str, Any], scale: str, seeds: int | None = None, out_root: s
             step, arch = walk[name]
             entries.append({"walk": spec["walk"], "step": name, "parent": step.parent, "delta": step.delta,
                             "arch": arch, "kd_row": None})
+    elif "models" in spec:  # architectures as they are (Table 1): the run name is the architecture
+        for arch in spec["models"]:
+            entries.append({"walk": None, "step": arch, "parent": None, "delta": None, "arch": arch,
+                            "kd_row": None})
     else:
         from snapgen.registry import KD_ROWS
 
@@ -434,12 +439,15 @@ def prune_checkpoint(out: Path) -> None:
 
 
 def report_commands(spec: dict[str, Any], scale: str, uri: str) -> list[str]:
-    """The commands that print and plot a fig3 sweep beside the paper (ablations imports nothing from reports)."""
+    """The commands that print (and attach to the sweep's parent run) a sweep's table beside the paper (ablations
+    imports nothing from reports)."""
+    if spec.get("experiment") == "imagenet":
+        return [f"python -m reports.tables table1 --tracking-uri {uri}"]
     if spec.get("walk") != "fig3":
         return []
     where = f"--scale {scale} --tracking-uri {uri}"
-    return [f"python -m reports.tables fig3 {where}",
-            f"python -m reports.figures fig3 --from-mlflow {where} --out reports/figures/fig3_sweep.png"]
+    return [f"python -m reports.tables fig3 {where} --log-to-sweep",
+            f"python -m reports.figures fig3 --from-mlflow {where} --out reports/figures/fig3_sweep.png --log-to-sweep"]
 
 
 def main(argv: list[str] | None = None) -> int:
