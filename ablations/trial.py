@@ -193,8 +193,9 @@ def loss_curve_png(records: list[dict[str, Any]], path: Path, title: str) -> Pat
 
 
 class LossCurve:
-    """An engine callback: redraws `<out>/loss_curve.png` at every validation record (and at most every
-    `every_s` seconds otherwise) and hands it to `live.on_artifact`, so a RUNNING trial's run shows its curve."""
+    """An engine callback: redraws `<out>/loss_curve.png` at every validation record (and, after the first, at most
+    every `every_s` seconds between them) and hands it to `live.on_artifact` without flushing its metrics, so a
+    RUNNING trial's run shows its curve."""
 
     def __init__(self, live, title: str, every_s: float = 60.0):
         self.live, self.title, self.every_s = live, title, every_s
@@ -207,8 +208,8 @@ class LossCurve:
     def on_record(self, record: dict[str, Any]) -> None:
         import time
 
-        if self.out is None or not ("val_loss" in record or time.time() >= self._next):
-            return
+        if self.out is None or not ("val_loss" in record or (self._next and time.time() >= self._next)):
+            return  # drawn at validations, and between them at most every `every_s` once the first is drawn
         self._next = time.time() + self.every_s
         try:
             from snapgen.runs import read_metrics
@@ -218,7 +219,7 @@ class LossCurve:
             warnings.warn(f"loss curve not drawn: {type(error).__name__}: {error}")
             return
         if path is not None:
-            self.live.on_artifact(path)
+            self.live.on_artifact(path, flush=False)
 
 
 # ---- the trial ---------------------------------------------------------------------------------------------------------

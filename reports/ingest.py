@@ -113,7 +113,11 @@ def ingest_throughput(paths: list[Path], tracking_uri: str | None = None) -> lis
             raise ValueError(f"{path}: not JSON ({error})") from error
         if not isinstance(report, dict) or not ("unets" in report or "decoders" in report):
             raise ValueError(f"{path}: not a benchmarks.throughput result (no 'unets' or 'decoders')")
-        for name, _, logged in log_throughput(report, source=str(path), uri=tracking_uri):
+        try:  # the tag names the committed file as the repository knows it, not this machine's checkout
+            source = str(path.resolve().relative_to(RESULTS.parents[1]))
+        except ValueError:
+            source = str(path)
+        for name, _, logged in log_throughput(report, source=source, uri=tracking_uri):
             out.append((str(path), name, logged))
     return out
 

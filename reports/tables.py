@@ -37,7 +37,8 @@ OURS_IMAGENET = "snapgen-imagenet"
 OURS_T2I = "snapgen-t2i"
 OURS_TINY_DECODER = "tiny"
 
-COLUMN_FORMATS = {"throughput": ".2f", "x_sdxl": ".2f", "cfg": ".2f", "proxy": ".3f", "clip": ".3f", "dpg": ".1f", "val_loss": ".4f", "val_loss_ema": ".4f", "d_params": "+.1f", "d_gflops": "+.1f",
+COLUMN_FORMATS = {"clip": ".3f", "dpg": ".1f", "val_loss": ".4f", "val_loss_ema": ".4f", "d_params": "+.1f", "d_gflops": "+.1f",
+                  "throughput": ".2f", "x_sdxl": ".2f", "cfg": ".2f", "proxy": ".3f",
                   "d_latency": "+.1f", "paper_d_params": "+.0f", "paper_d_gflops": "+.0f", "paper_d_latency": "+.0f"}  # decimals as the paper prints them; other floats ".2f"
 COLUMN_HEADERS = {
     "val_loss_ema": "val loss EMA",

@@ -407,12 +407,14 @@ class LiveRun:
         except Exception as error:  # noqa: BLE001
             _warn("on_record", error)
 
-    def on_artifact(self, path: str | Path) -> None:
+    def on_artifact(self, path: str | Path, flush: bool = True) -> None:
         """A file the engine wrote: logged under the artifact dir of its folder in the run dir (`samples/grid.png` ->
-        `samples/`; files directly in the run dir, like config.yaml, at the root)."""
+        `samples/`; files directly in the run dir, like config.yaml, at the root). The buffered metrics go first,
+        unless `flush=False` (a plot redrawn while training must not change when metrics are sent)."""
         if self.run_id is None:
             return
-        self.flush()
+        if flush:
+            self.flush()
         path = Path(path)
         try:
             if path.is_file():

@@ -167,20 +167,18 @@ def test_loss_curve_is_redrawn_and_logged_at_validation(tmp_path):
     logged = []
 
     class Recorder:  # the LiveRun side of the callback: what it was asked to log
-        def on_artifact(self, path):
-            logged.append((Path(path), Path(path).stat().st_size))
+        def on_artifact(self, path, flush=True):
+            logged.append((Path(path), Path(path).stat().st_size, flush))
 
     curve = LossCurve(Recorder(), "c_sepconv_plain", every_s=3600)
     curve.on_start({"out": tmp_path})
-    for step in (10, 20):
-        record = {"step": step, "time": 0.0, "train_loss": 1.0 / step}
+    for step, val in ((10, None), (20, 0.5), (30, None), (40, 0.4)):
+        record = {"step": step, "time": 0.0, "train_loss": 1.0 / step, **({"val_loss": val} if val else {})}
         append_metrics(tmp_path, record)
         curve.on_record(record)
-    assert len(logged) == 1  # the first record draws; the next train-only record waits for every_s
-    record = {"step": 30, "time": 0.0, "train_loss": 0.03, "val_loss": 0.05}
-    append_metrics(tmp_path, record)
-    curve.on_record(record)
-    assert len(logged) == 2 and logged[-1][0] == tmp_path / LOSS_CURVE_FILE and logged[-1][1] > 1000
+    assert len(logged) == 2  # at each validation; train-only records wait for every_s after the first drawing
+    assert logged[-1][0] == tmp_path / LOSS_CURVE_FILE and logged[-1][1] > 1000
+    assert not any(flush for *_, flush in logged)  # a plot never changes when metrics are sent
     from PIL import Image
 
     assert Image.open(tmp_path / LOSS_CURVE_FILE).size[0] <= 500  # small enough for the artifact view
