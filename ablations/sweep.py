@@ -1,9 +1,10 @@
-"""Ablation sweeps: `python -m ablations.sweep unet|unet_loo|kd|adversarial_step_distill|adversarial_decoder
+"""Ablation sweeps: `python -m ablations.sweep unet|unet_loo|kd|imagenet|adversarial_step_distill|adversarial_decoder
 [--scale smoke|small|paper] [--executor ray|local] [--seeds N] [--spec PATH] [--dry-run]` (the sweeps are
 `ablations/specs/*.yaml`), and `python -m ablations.sweep ingest --out-root DIR` for a sweep run with `--no-tracking`.
 
-A spec (`ablations/specs/<sweep>.yaml`) names the trials (a registry walk, KD rows, or a `stage` (step_distill,
-decoder) with `arms`: {name: option overrides}, run by `ablations.stage_trials`), and per scale the training
+A spec (`ablations/specs/<sweep>.yaml`) names the trials (a registry walk, KD rows, `models`: architectures trained as
+they are, e.g. Table 1's `snapgen-imagenet`, or a `stage` (step_distill, decoder) with `arms`: {name: option
+overrides}, run by `ablations.stage_trials`), and per scale the training
 overrides, the FID settings and the profile settings. `plan` turns it into trial dicts; each trial is a plain function
 call (`ablations.trial.run_trial`) wrapped by `run_and_log`, which skips configs MLflow already holds as FINISHED,
 retries a failed trial once, then logs it FAILED with its error and goes on. The executors only differ in where
@@ -40,8 +41,8 @@ from ablations.trial import DEFAULT_OUT_ROOT, DEFAULT_PROFILE_CACHE, run_trial, 
 from snapgen import tracking
 
 SPECS_DIR = Path(__file__).resolve().parent / "specs"
-SPEC_KEYS = {"sweep", "experiment", "walk", "steps", "arch", "rows", "teacher", "seeds", "metric_note", "scales",
-             "description", "stage", "arms"}
+SPEC_KEYS = {"sweep", "experiment", "walk", "steps", "arch", "rows", "models", "teacher", "seeds", "metric_note",
+             "scales", "description", "stage", "arms"}
 SCALE_KEYS = {"train", "fid", "fd_cifar", "profile", "metric_note", "teacher", "student", "eval"}
 EXECUTORS = ("local", "ray")
 ATTEMPTS = 2  # a failed trial is retried once
@@ -72,8 +73,9 @@ def load_spec(name_or_path: str | Path) -> dict[str, Any]:
         bad = sorted(set(block or {}) - SCALE_KEYS)
         if bad:
             raise ValueError(f"{path}: scale {scale!r} has unknown keys {bad}; valid keys: {sorted(SCALE_KEYS)}")
-    if sum(key in spec for key in ("walk", "rows", "stage")) != 1:
-        raise ValueError(f"{path}: a spec names a registry `walk`, KD `rows` or a `stage` with `arms`, exactly one")
+    if sum(key in spec for key in ("walk", "rows", "models", "stage")) != 1:
+        raise ValueError(f"{path}: a spec names exactly one of a registry `walk`, KD `rows`, `models` or a `stage` "
+                         "with `arms`")
     if "stage" in spec:
         from ablations.stage_trials import STAGES
 
@@ -143,6 +145,10 @@ def plan(spec: dict[str, Any], scale: str, seeds: int | None = None, out_root: s
                             "kd_row": None, "stage": spec["stage"], "arm": dict(overrides or {}),
                             "student": dict(block.get("student") or {}), "eval": dict(block.get("eval") or {}),
                             "teacher_options": dict(block.get("teacher") or {})})
+    elif "models" in spec:  # architectures as they are (Table 1): the run name is the architecture
+        for arch in spec["models"]:
+            entries.append({"walk": None, "step": arch, "parent": None, "delta": None, "arch": arch,
+                            "kd_row": None})
     else:
         from snapgen.registry import KD_ROWS
 
@@ -463,12 +469,15 @@ def prune_checkpoint(out: Path) -> None:
 
 
 def report_commands(spec: dict[str, Any], scale: str, uri: str) -> list[str]:
-    """The commands that print and plot a fig3 sweep beside the paper (ablations imports nothing from reports)."""
+    """The commands that print (and attach to the sweep's parent run) a sweep's table beside the paper (ablations
+    imports nothing from reports)."""
+    if spec.get("experiment") == "imagenet":
+        return [f"python -m reports.tables table1 --tracking-uri {uri}"]
     if spec.get("walk") != "fig3":
         return []
     where = f"--scale {scale} --tracking-uri {uri}"
-    return [f"python -m reports.tables fig3 {where} --details reports/figures/fig3_sweep_details.csv",
-            f"python -m reports.figures fig3 --from-mlflow {where} --out reports/figures/fig3_sweep.png",
+    return [f"python -m reports.tables fig3 {where} --details reports/figures/fig3_sweep_details.csv --log-to-sweep",
+            f"python -m reports.figures fig3 --from-mlflow {where} --out reports/figures/fig3_sweep.png --log-to-sweep",
             f"python -m reports.figures pareto {where} --out reports/figures/fig3_sweep_pareto.png"]
 
 

@@ -172,6 +172,69 @@ def profile_architecture(unet_cfg, spec: dict[str, Any], cache_dir: Path) -> dic
     return out
 
 
+# ---- the loss curve (an artifact of each trial run, redrawn while it trains) -------------------------------------------
+
+LOSS_CURVE_FILE = "loss_curve.png"
+CURVE_KEYS = ("train_loss", "val_loss", "val_loss_ema")
+
+
+def loss_curve_png(records: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """train/val loss against step from metrics.jsonl records, as a small PNG; None when there is nothing to draw."""
+    series = {k: [(r["step"], r[k]) for r in records if isinstance(r.get(k), (int, float))] for k in CURVE_KEYS}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
+    for key, points in series.items():
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o" if key != "train_loss" else None, markersize=3, label=key)
+    ax.set(xlabel="step", ylabel="loss", title=f"{title}: step {max(s for v in series.values() for s, _ in v)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+class LossCurve:
+    """An engine callback: redraws `<out>/loss_curve.png` at every validation record (and, after the first, at most
+    every `every_s` seconds between them) and hands it to `live.on_artifact` without flushing its metrics, so a
+    RUNNING trial's run shows its curve."""
+
+    def __init__(self, live, title: str, every_s: float = 60.0):
+        self.live, self.title, self.every_s = live, title, every_s
+        self.out: Path | None = None
+        self._next = 0.0
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.out = Path(info["out"]) if info.get("out") else None
+
+    def on_record(self, record: dict[str, Any]) -> None:
+        import time
+
+        if self.out is None or not ("val_loss" in record or (self._next and time.time() >= self._next)):
+            return  # drawn at validations, and between them at most every `every_s` once the first is drawn
+        self._next = time.time() + self.every_s
+        try:
+            from snapgen.runs import read_metrics
+
+            path = loss_curve_png(read_metrics(self.out), self.out / LOSS_CURVE_FILE, self.title)
+        except Exception as error:  # noqa: BLE001 - a plot never stops training
+            warnings.warn(f"loss curve not drawn: {type(error).__name__}: {error}")
+            return
+        if path is not None:
+            self.live.on_artifact(path, flush=False)
+
+
 # ---- the trial ---------------------------------------------------------------------------------------------------------
 
 
@@ -233,8 +296,9 @@ def run_trial(trial: dict[str, Any], callbacks=()) -> dict[str, Any]:
     try:
         train_kwargs = kd_setup(trial, cfg) if trial.get("kd_row") else {}
         # train (resumes from out/checkpoint when rerun)
+        tracked = [live, LossCurve(live, trial["step"])] if live is not None else []
         trained = train(cfg, out, progress=bool(trial.get("_progress", True)) and rank == 0,
-                        callbacks=[*([live] if live is not None else []), *callbacks], **train_kwargs)
+                        callbacks=[*tracked, *callbacks], **train_kwargs)
         if rank != 0:
             return {"rank": rank, "out": str(out), "metrics": {}}
         result = _evaluate_and_profile(trial, cfg, out, trained)
@@ -270,7 +334,13 @@ def _evaluate_and_profile(trial: dict[str, Any], cfg, out: Path, trained: dict[s
     metrics: dict[str, float | None] = {k: last.get(k) for k in ("val_loss", "val_loss_ema", "train_loss")}
     tags: dict[str, Any] = {}
     fid_spec = trial.get("fid") or {}
-    if fid_spec.get("enabled"):
+    if fid_spec.get("enabled") and (fid_spec.get("cfg_sweep") or fid_spec.get("metrics")):
+        from evals import quality  # supplement H: the lowest value over a CFG grid, per named metric
+
+        quality_metrics, quality_tags = quality.evaluate(out, fid_spec)
+        metrics.update(quality_metrics)
+        tags.update(quality_tags)
+    elif fid_spec.get("enabled"):
         from evals import fid as fid_eval
 
         try:
@@ -322,7 +392,8 @@ def _evaluate_and_profile(trial: dict[str, Any], cfg, out: Path, trained: dict[s
     params = trial_params(trial, cfg)
     params.update(flatten({"unet": trained_cfg.to_dict()}))
     params["latency_dtype"] = latency["dtype"] if latency else None
-    artifacts = [out / "config.yaml", out / "metrics.jsonl", trained.get("sample_grid"), metrics_file]
+    artifacts = [out / "config.yaml", out / "metrics.jsonl", trained.get("sample_grid"), metrics_file,
+                 loss_curve_png(records, out / LOSS_CURVE_FILE, trial["step"])]
     return {"metrics": metrics, "history": history, "tags": tags, "params": params,
             "artifacts": [str(a) for a in artifacts if a], "out": str(out)}
 

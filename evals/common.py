@@ -347,6 +347,7 @@ def log_metrics(name: str, benchmark: str, metrics: dict[str, float], *, judge: 
             "weights": weights_kind(tiny_random), "checkpoint": str(Path(target).resolve()), "git_sha": git_sha(), "target_key": key}
     if settings is not None:
         tags[f"generation_{benchmark}"] = json.dumps(asdict(settings))
+    tags.update(generation_runtime_tags(settings))
     for key, value in tags.items():
         c.set_tag(run_id, key, value)
     for key, value in metrics.items():
@@ -356,6 +357,22 @@ def log_metrics(name: str, benchmark: str, metrics: dict[str, float], *, judge: 
             c.log_artifact(run_id, str(path), artifact_path=benchmark)
     c.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def generation_runtime_tags(settings: GenerationSettings | None) -> dict[str, str]:
+    """`snapgen.tracking.RUNTIME_TAGS` (gpu, backend, dtype, batch) of the images this process generated: the
+    sampler runs bf16 autocast on CUDA, fp32 on the CPU (`snapgen.sampling.generate`); a scored folder says so."""
+    import platform
+
+    import torch
+
+    from snapgen.tracking import runtime_tags
+
+    if settings is None:
+        return runtime_tags(*["n/a (scored an image folder)"] * 4)
+    cuda = torch.cuda.is_available()
+    gpu = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()})"
+    return runtime_tags(gpu, "pytorch eager", "bf16 autocast" if cuda else "fp32", settings.batch)
 
 
 def print_summary(title: str, lines: list[str], tiny_random: bool) -> None:

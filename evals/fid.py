@@ -184,10 +184,15 @@ def cifar10_reference(resolution: int, limit: int | None = None) -> tuple[np.nda
 
 
 @torch.no_grad()
-def generate(run_dir: str | Path, num_samples: int, sample_steps: int = 30, guidance: float = 2.0,
-             batch_size: int = 100, seed: int = 0, device: str | torch.device | None = None) -> np.ndarray:
+def generate(run_dir: str | Path, num_samples: int, sample_steps: int = 30, guidance: Any = 2.0,
+             batch_size: int = 100, seed: int = 0, device: str | torch.device | None = None,
+             prompt_choice: str = "first") -> np.ndarray:
     """Class-conditional samples of a run's EMA net through the one sampler (`snapgen.sampling`): sample i has class
-    i mod K (its first prompt) and the noise of global index i; pixel or latent runs decoded by the run's autoencoder.
+    i mod K and the noise of global index i; pixel or latent runs decoded by the run's autoencoder. `guidance`: a
+    scale or a `snapgen.flow.GuidanceSchedule`.
+
+    `prompt_choice`: "first" (the class's first name) or "random" (one of its names, drawn from (seed, i): supplement
+    H picks a class name at random "during both training and inference").
 
     Returns:
         uint8 (num_samples, R, R, 3).
@@ -202,13 +207,21 @@ def generate(run_dir: str | Path, num_samples: int, sample_steps: int = 30, guid
     run = open_run(run_dir)
     if not run.class_names:
         raise ValueError(f"{run_dir} records no class names; generate the images yourself and pass their folder")
-    prompts = [ps[0] for ps in class_prompts(run.class_names)]
+    if prompt_choice not in ("first", "random"):
+        raise ValueError(f"prompt_choice={prompt_choice!r}; valid: 'first', 'random'")
+    names = class_prompts(run.class_names)
+
+    def prompt(i: int) -> str:
+        choices = names[i % len(names)]
+        return choices[0] if prompt_choice == "first" else choices[np.random.default_rng([seed, i]).integers(
+            len(choices))]
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net, objective = run.net(ema=True, device=device), flow.get_objective(run.objective)
     out = []
     for start in range(0, num_samples, batch_size):
         index = list(range(start, min(start + batch_size, num_samples)))
-        cond, uncond = sampling.prompt_conditions([prompts[i % len(prompts)] for i in index], run.text_encoder, 1,
+        cond, uncond = sampling.prompt_conditions([prompt(i) for i in index], run.text_encoder, 1,
                                                   device, run.text_len)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             x = sampling.sample(unet_fn(net), objective, index, run.latent_shape, cond, uncond, steps=sample_steps,

@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="params/GFLOPs too from the sweep's MLflow runs (ablations.sweep unet), no profiling")
     parser.add_argument("--scale", default=None, help="with --from-mlflow: the sweep scale (default: the newest run's)")
     parser.add_argument("--out", type=Path, default=None, help=f"PNG (default {DEFAULT_FIG3_OUT}, fig6.png beside it)")
+    parser.add_argument("--log-to-sweep", action="store_true",
+                        help="with --from-mlflow: attach the PNG to the newest `unet` sweep parent run of the scale")
     args = parser.parse_args(argv)
     if args.figure == "fewstep":
         if args.run is None:
@@ -298,7 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out = args.out or DEFAULT_FIG3_OUT
     if args.from_mlflow:
-        print(fig3_from_mlflow(args.out, args.tracking_uri, args.scale))
+        path = fig3_from_mlflow(args.out, args.tracking_uri, args.scale)
+        print(path)
+        if args.log_to_sweep:
+            from reports.tables import log_to_sweep
+
+            log_to_sweep("unet-ablation", "unet", args.scale, figures=[path], tracking_uri=args.tracking_uri)
         return 0
     if args.from_json:
         data = json.loads(args.from_json.read_text())

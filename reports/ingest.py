@@ -1,5 +1,11 @@
 """Log committed GPU results into MLflow, so the tables read them like any run:
-`python -m reports.ingest decoder [--eval FILE ...] [--latency FILE] [--tracking-uri URI]`.
+`python -m reports.ingest decoder [--eval FILE ...] [--latency FILE] [--tracking-uri URI]` and
+`python -m reports.ingest throughput [DIR_OR_JSON ...] [--tracking-uri URI]`.
+
+Throughput results (Table 3's column) are the throughput.json files `python -m benchmarks.throughput` writes; every
+one found under the given folders (default: the committed `reports/results/throughput*/`) is logged by
+`snapgen.tracking.log_throughput`: one run per UNet/decoder row in the experiment `throughput`, tagged with its GPU,
+backend, dtype and batch; a row logged before is not logged again.
 
 Decoder results (Table 2) come from two commands run on a GPU box that has no MLflow:
 `python -m snapgen.train_decoder eval ... --out DIR` (DIR/eval.json: PSNR/SSIM/LPIPS per decoder on one image set)
@@ -83,6 +89,41 @@ def ingest_decoder(evals: list[Path], latency: Path | None, tracking_uri: str | 
     return out
 
 
+def throughput_files(paths: list[Path]) -> list[Path]:
+    """The throughput.json files: the given files, and every one under the given folders (sorted)."""
+    found = []
+    for path in paths:
+        path = Path(path)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(path.rglob("throughput.json"))
+        else:
+            raise FileNotFoundError(f"{path}: neither a throughput.json nor a folder holding one")
+    return found
+
+
+def ingest_throughput(paths: list[Path], tracking_uri: str | None = None) -> list[tuple[str, str, bool]]:
+    """Log every throughput.json under `paths`. Returns [(file, run name, logged now)]."""
+    from snapgen.tracking import log_throughput
+
+    out = []
+    for path in throughput_files(paths):
+        try:
+            report = json.loads(path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{path}: not JSON ({error})") from error
+        if not isinstance(report, dict) or not ("unets" in report or "decoders" in report):
+            raise ValueError(f"{path}: not a benchmarks.throughput result (no 'unets' or 'decoders')")
+        try:  # the tag names the committed file as the repository knows it, not this machine's checkout
+            source = str(path.resolve().relative_to(RESULTS.parents[1]))
+        except ValueError:
+            source = str(path)
+        for name, _, logged in log_throughput(report, source=source, uri=tracking_uri):
+            out.append((str(path), name, logged))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m reports.ingest", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
@@ -91,7 +132,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="eval.json files; the first is the headline PSNR (default: the committed decoder_small sets)")
     d.add_argument("--latency", type=Path, default=DEFAULT_LATENCY)
     d.add_argument("--tracking-uri", default=None)
+    t = sub.add_parser("throughput", help="benchmarks.throughput's throughput.json -> MLflow experiment 'throughput'")
+    t.add_argument("paths", nargs="*", type=Path, default=sorted(RESULTS.glob("throughput*/")),
+                   help="throughput.json files or folders searched for them (default: reports/results/throughput*/)")
+    t.add_argument("--tracking-uri", default=None)
     args = p.parse_args(argv)
+    if args.kind == "throughput":
+        missing = [str(f) for f in args.paths if not Path(f).exists()]
+        if missing:
+            p.error(f"not found: {', '.join(missing)}")
+        rows = ingest_throughput(args.paths, args.tracking_uri)
+        if not rows:
+            p.error(f"no throughput.json under {', '.join(map(str, args.paths))}")
+        for path, name, logged in rows:
+            print(f"throughput/{name} ({path}): {'logged' if logged else 'already in MLflow'}")
+        return 0
     missing = [str(f) for f in [*args.eval, args.latency] if f and not Path(f).is_file()]
     if missing:
         p.error(f"not found: {', '.join(missing)}")
@@ -101,4 +156,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from snapgen.training.cli import run_cli
+
+    sys.exit(run_cli(main))

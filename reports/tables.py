@@ -38,6 +38,7 @@ OURS_T2I = "snapgen-t2i"
 OURS_TINY_DECODER = "tiny"
 
 COLUMN_FORMATS = {"gflops_128": ".0f", "clip": ".3f", "dpg": ".1f", "val_loss": ".4f", "val_loss_ema": ".4f", "d_params": "+.1f", "d_gflops": "+.1f",
+                  "throughput": ".2f", "x_sdxl": ".2f", "cfg": ".2f", "proxy": ".3f",
                   "d_latency": "+.1f", "paper_d_params": "+.0f", "paper_d_gflops": "+.0f", "paper_d_latency": "+.0f"}  # decimals as the paper prints them; other floats ".2f"
 COLUMN_HEADERS = {
     "val_loss_ema": "val loss EMA",
@@ -46,7 +47,8 @@ COLUMN_HEADERS = {
     "clip": "CLIP", "image_reward": "ImageReward", "components": "KD components",
     "d_params": "Δparam %", "paper_d_params": "paper Δparam %", "d_gflops": "ΔFLOPs %",
     "paper_d_gflops": "paper ΔFLOPs %", "d_latency": "Δlatency %", "paper_d_latency": "paper Δlatency %",
-    "val_loss": "val loss", "paper_fid": "paper FID",
+    "val_loss": "val loss", "paper_fid": "paper FID", "cfg": "CFG", "proxy": "proxy (not FID)",
+    "x_sdxl": "× SDXL",
 }
 
 def latency_cell(median_ms: float | None, p10: float | None = None, p90: float | None = None) -> str | None:
@@ -92,8 +94,9 @@ class Table:
 # MLflow (read-only)
 
 
-def read_mlflow_runs(experiment: str, tracking_uri: str | None) -> tuple[dict[str, dict[str, float]], str | None]:
-    """Latest metrics of each run name in `experiment`: ({run_name: {metric: value}}, why empty or None).
+def finished_runs(experiment: str, tracking_uri: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Every FINISHED run of `experiment`, newest first, as {metric: value, "_run_id", "_run_name", "_tag_<tag>"};
+    and why the list is empty (None when it is not).
 
     A sqlite URI whose file does not exist is not created (MLflow would create it): we report it missing instead.
     """
@@ -101,24 +104,31 @@ def read_mlflow_runs(experiment: str, tracking_uri: str | None) -> tuple[dict[st
     if uri.startswith("sqlite:///"):
         db_path = Path(uri.removeprefix("sqlite:///"))
         if not db_path.is_file():
-            return {}, f"no MLflow database at {db_path} (tracking URI {uri})"
+            return [], f"no MLflow database at {db_path} (tracking URI {uri})"
     try:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            return {}, f"no MLflow experiment {experiment!r} at {uri}"
-        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+            return [], f"no MLflow experiment {experiment!r} at {uri}"
+        runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=50000)
     except Exception as error:  # noqa: BLE001 - any tracking failure becomes a footnote, not a crash
-        return {}, f"could not read MLflow at {uri}: {type(error).__name__}: {error}"
+        return [], f"could not read MLflow at {uri}: {type(error).__name__}: {error}"
+    out = [{**dict(run.data.metrics), "_run_id": run.info.run_id, "_run_name": run.info.run_name,
+            **{f"_tag_{k}": v for k, v in run.data.tags.items()}}  # e.g. _tag_device, _tag_latency_backend
+           for run in runs]
+    return out, None if out else f"no finished runs in MLflow experiment {experiment!r} at {uri}"
+
+
+def read_mlflow_runs(experiment: str, tracking_uri: str | None) -> tuple[dict[str, dict[str, float]], str | None]:
+    """Latest metrics of each run name in `experiment`: ({run_name: {metric: value}}, why empty or None)."""
+    runs, why = finished_runs(experiment, tracking_uri)
     latest: dict[str, dict[str, float]] = {}
     for run in runs:  # newest first: keep the first seen per run name
-        name = run.info.run_name
-        if name not in latest and run.info.status == "FINISHED":
-            tags = {f"_tag_{k}": v for k, v in run.data.tags.items()}  # e.g. _tag_device, _tag_latency_backend
-            latest[name] = {**dict(run.data.metrics), "_run_id": run.info.run_id, **tags}
-    return latest, None if latest else f"no finished runs in MLflow experiment {experiment!r} at {uri}"
+        latest.setdefault(run["_run_name"], run)
+    return latest, why
 
 
 def _fill_from_mlflow(
@@ -164,12 +174,20 @@ def _try(table: Table, row_name: str, what: str, fn: Callable[[], Any]) -> Any:
 # Tables
 
 
-def table1(efficiency_only: bool = False, tracking_uri: str | None = None) -> Table:
-    """Table 1 (ImageNet 256, class-conditional): the paper's rows and our `snapgen-imagenet`."""
-    rows = [{**r, "source": f"paper, {r.pop('source')}"} for r in paper.rows_as_dicts(paper.TABLE1)]
+PAPER_TABLE1_CFG = "varied 1.1→5.4, steps 10-30"  # supplement H: the final model's varied CFG (Table 1's "Ours")
+
+
+def table1(efficiency_only: bool = False, tracking_uri: str | None = None, metric: str | None = None) -> Table:
+    """Table 1 (ImageNet 256, class-conditional): the paper's rows and our `snapgen-imagenet` (`python -m
+    ablations.sweep imagenet`, supplement H's protocol: DDPM, Heun 30 steps, the lowest value over CFG 1.3-2.0).
+
+    FID is only FID (clean-fid's Inception); without it the run's offline quality proxy (`metric`, default the run's
+    `quality_metric` tag, e.g. FD-CIFAR) goes in its own column, named in a footnote, beside the validation loss."""
+    rows = [{**r, "cfg": PAPER_TABLE1_CFG if r["model"] == "Ours" else None, "proxy": None, "val_loss": None,
+             "source": f"paper, {r.pop('source')}"} for r in paper.rows_as_dicts(paper.TABLE1)]
     table = Table("table1", "Table 1. Class-conditional ImageNet 256x256; FLOPs for one forward pass", key="model")
     ours = {"model": f"Ours ({OURS_IMAGENET}, this repo)", "params_m": None, "gflops": None, "fid": None,
-            "source": "ours"}
+            "cfg": None, "proxy": None, "val_loss": None, "source": "ours"}
     if efficiency_only:
         from snapgen import profile
 
@@ -180,10 +198,39 @@ def table1(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
                         source=f"ours: snapgen.profile, fvcore + SDPA handler, {TABLE1_LATENT}x{TABLE1_LATENT} latent")
         _efficiency_only_note(table, ours["model"], ["fid"])
     else:
-        _fill_from_mlflow(table, ours, EXPERIMENT_IMAGENET, OURS_IMAGENET,
-                          {"params_m": "params_m", "gflops": "gflops", "fid": "fid"}, tracking_uri, {})
+        run = _fill_from_mlflow(table, ours, EXPERIMENT_IMAGENET, OURS_IMAGENET,
+                                {"params_m": "params_m", "gflops": "gflops", "val_loss": "val_loss"}, tracking_uri, {})
+        if run is not None:
+            _table1_quality(table, ours, run, metric)
     table.frame = pd.DataFrame(rows + [ours])
     return table
+
+
+def _table1_quality(table: Table, ours: dict, run: dict, metric: str | None) -> None:
+    """FID (and its CFG) or the named proxy (and its CFG) of our Table 1 run, each missing one footnoted."""
+    name, run_id = ours["model"], run["_run_id"][:8]
+    if run.get("fid") is not None:
+        ours.update(fid=run["fid"], cfg=run.get("fid_best_cfg"))
+        table.note(name, f"FID: {run.get('_tag_fid_note') or 'clean-fid'}; CFG = the scale of the lowest FID")
+    else:
+        table.note(name, f"FID not measured in run {run_id}: {run.get('_tag_fid_note') or 'no fid metric logged'}")
+    metric = metric or run.get("_tag_quality_metric")
+    if metric and metric != "fid":
+        if run.get(metric) is not None:
+            ours["proxy"] = run[metric]
+            if ours["cfg"] is None:
+                ours["cfg"] = run.get(f"{metric}_best_cfg")
+            table.note(name, f"proxy = {metric}: {run.get('_tag_quality_note') or metric}; not FID, not comparable "
+                             f"with the paper's column")
+        else:
+            table.note(name, f"proxy {metric} not in run {run_id}: {run.get('_tag_quality_note') or 'not logged'}")
+    elif run.get("fid") is None:
+        table.note(name, f"no sample-quality proxy in run {run_id}: {run.get('_tag_quality_note') or 'none logged'}")
+    if ours["val_loss"] is not None:
+        table.note(name, "val loss: the DDPM ε-loss on a fixed held-out batch (CFG-independent; a proxy, not FID)")
+    if run.get("_tag_scale") and run.get("_tag_scale") != "paper":
+        table.note(name, f"{run['_tag_scale']} scale ({run.get('_tag_data_note') or 'CIFAR-10'}), not the paper's "
+                         f"ImageNet-256 after 120/1000 epochs: quality is not comparable with the paper's rows")
 
 
 def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Table:
@@ -234,13 +281,44 @@ def table2(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
     return table
 
 
+EXPERIMENT_THROUGHPUT = tracking.THROUGHPUT_EXPERIMENT
+PAPER_SDXL_THROUGHPUT = next(r.throughput for r in paper.TABLE3 if r.model == "SDXL")  # samples/s, A100
+T2I_METRICS = {"geneval": "geneval_overall", "dpg": "dpg_overall", "clip": "clip_score",
+               "image_reward": "image_reward"}
+T2I_COMMANDS = {"geneval": "evals.geneval", "dpg": "evals.dpg", "clip": "evals.clipscore",
+                "image_reward": "evals.imagereward"}
+
+
+def _ratio_to_sdxl(run: dict, runs: list[dict]) -> tuple[float | None, str]:
+    """(our samples/s over SDXL eager's on the same GPU and dtype, where that SDXL number comes from).
+
+    The row's own ratio when its file measured SDXL (benchmarks.throughput's keys, the newest name first); else the
+    newest SDXL eager run of the same GPU and dtype in the experiment (another process, same kind of machine)."""
+    for key in ("ratio_vs_sdxl_eager", "ratio_to_sdxl_eager", "ratio_to_sdxl"):
+        if run.get(key) is not None:
+            return run[key], "SDXL eager measured in the same file"
+    sdxl = [r for r in runs if r["_run_name"] == "sdxl-unet" and r.get("_tag_backend") == "pytorch eager"
+            and r.get("_tag_gpu") == run.get("_tag_gpu") and r.get("_tag_dtype") == run.get("_tag_dtype")]
+    if not sdxl:
+        return None, f"× SDXL: no SDXL eager run on {run.get('_tag_gpu')} {run.get('_tag_dtype')} in MLflow"
+    return run["throughput"] / sdxl[0]["throughput"], (f"× SDXL: over SDXL eager {sdxl[0]['throughput']:.3f} "
+                                                       f"samples/s from {sdxl[0].get('_tag_source') or 'MLflow'}")
+
+
 def table3(efficiency_only: bool = False, tracking_uri: str | None = None) -> Table:
-    """Table 3 (T2I benchmarks): the paper's rows and our `snapgen-t2i`."""
-    rows = [{**r, "source": f"paper, {r.pop('source')}"} for r in paper.rows_as_dicts(paper.TABLE3)]
-    table = Table("table3", "Table 3. T2I benchmarks (params: UNet/DiT backbone, billions)", key="model")
-    ours = {"model": f"Ours ({OURS_T2I}, this repo)", "params_b": None, "throughput": None, "geneval": None,
-            "dpg": None, "clip": None, "image_reward": None, "source": "ours"}
+    """Table 3 (T2I benchmarks): the paper's rows, then ours: the `snapgen-t2i` architecture's throughput (MLflow
+    `throughput`, logged by `python -m reports.ingest throughput` or the benchmark), eager and the fastest setting
+    measured, and one row per evaluated checkpoint (MLflow `t2i-evals`, real judges only) with its benchmarks."""
+    rows = [{**r, "x_sdxl": r["throughput"] / PAPER_SDXL_THROUGHPUT if r["throughput"] is not None else None,
+             "source": f"paper, {r.pop('source')} (throughput: one A100-80GB)"}
+            for r in paper.rows_as_dicts(paper.TABLE3)]
+    table = Table("table3", "Table 3. T2I benchmarks (params: UNet/DiT backbone, billions; throughput: samples/s at "
+                            "1024px, 28 steps; × SDXL: over SDXL on the same GPU)", key="model")
+    empty = {"params_b": None, "throughput": None, "x_sdxl": None, "geneval": None, "dpg": None, "clip": None,
+             "image_reward": None}
     if efficiency_only:
+        ours = {"model": f"Ours ({OURS_T2I}, this repo)", **empty, "source": "ours"}
+
         def count() -> float:
             from snapgen import profile
             from snapgen.models import EfficientUNet
@@ -252,14 +330,78 @@ def table3(efficiency_only: bool = False, tracking_uri: str | None = None) -> Ta
         if params_b is not None:
             ours.update(params_b=params_b, source="ours: snapgen.profile.count_params")
         _efficiency_only_note(table, ours["model"], ["throughput", "geneval", "dpg", "clip", "image_reward"])
-    else:
-        run = _fill_from_mlflow(table, ours, EXPERIMENT_T2I, OURS_T2I,
-                                {"throughput": "throughput", "geneval": "geneval_overall", "dpg": "dpg_overall",
-                                 "clip": "clip_score", "image_reward": "image_reward"}, tracking_uri, {})
-        if run is not None and run.get("params_m") is not None:
-            ours["params_b"] = run["params_m"] / 1e3
-    table.frame = pd.DataFrame(rows + [ours])
+        table.frame = pd.DataFrame(rows + [ours])
+        return table
+    ours_rows = _throughput_rows(table, empty, tracking_uri) + _checkpoint_rows(table, empty, tracking_uri)
+    table.frame = pd.DataFrame(rows + ours_rows)
     return table
+
+
+def _throughput_rows(table: Table, empty: dict, tracking_uri: str | None) -> list[dict]:
+    """Our architecture's throughput rows: the newest eager measurement and the fastest setting (if another)."""
+    measured, why = finished_runs(EXPERIMENT_THROUGHPUT, tracking_uri)
+    measured = [r for r in measured if r.get("_tag_quick") != "True" and r.get("throughput") is not None]
+    runs = [r for r in measured if r["_run_name"] == OURS_T2I]
+    if not runs:
+        row = {"model": f"Ours ({OURS_T2I} throughput)", **empty, "source": "ours"}
+        table.note(row["model"], f"{why or f'no {OURS_T2I!r} run in experiment {EXPERIMENT_THROUGHPUT!r}'}: "
+                                 f"`python -m reports.ingest throughput` logs the committed GPU results")
+        return [row]
+    eager = [r for r in runs if r.get("_tag_backend") == "pytorch eager"]
+    picked = [("eager", eager[0])] if eager else []
+    fastest = max(runs, key=lambda r: r["throughput"])
+    if not eager or fastest["_run_id"] != eager[0]["_run_id"]:
+        picked.append(("fastest", fastest))
+    out = []
+    for label, run in picked:
+        backend, batch = run.get("_tag_backend", "?"), run.get("_tag_batch", "?")
+        row = {"model": f"Ours ({OURS_T2I}, {label})", **empty,
+               "params_b": run["params_m"] / 1e3 if run.get("params_m") is not None else None,
+               "throughput": run["throughput"],
+               "source": f"ours: MLflow {EXPERIMENT_THROUGHPUT}/{OURS_T2I} (run {run['_run_id'][:8]})"}
+        row["x_sdxl"], ratio_note = _ratio_to_sdxl(run, measured)
+        table.note(row["model"], f"throughput on {run.get('_tag_gpu', '?')}, {backend}, {run.get('_tag_dtype', '?')}, "
+                                 f"batch {batch} (random weights; from {run.get('_tag_source') or 'the benchmark'}); "
+                                 f"not the paper's A100: compare the × SDXL column")
+        if not ratio_note.startswith("SDXL eager measured in the same file"):
+            table.note(row["model"], ratio_note)
+        table.note(row["model"], "GenEval, DPG, CLIP, ImageReward are per checkpoint: see the checkpoint rows")
+        out.append(row)
+    return out
+
+
+def _checkpoint_rows(table: Table, empty: dict, tracking_uri: str | None) -> list[dict]:
+    """One row per checkpoint evaluated with real judges (MLflow `t2i-evals`, the newest run per name)."""
+    runs, why = finished_runs(EXPERIMENT_T2I, tracking_uri)
+    latest: dict[str, dict] = {}
+    for run in runs:
+        latest.setdefault(run["_run_name"], run)
+    real = {n: r for n, r in latest.items() if r.get("_tag_weights") != "tiny-random"}
+    if not real:
+        row = {"model": f"Ours ({OURS_T2I} checkpoint)", **empty, "source": "ours"}
+        skipped = len(latest) - len(real)
+        table.note(row["model"], (why or f"no checkpoint evaluated with real judges in {EXPERIMENT_T2I!r}"
+                                  + (f" ({skipped} tiny-random-judge runs not shown: they measure nothing)"
+                                     if skipped else ""))
+                   + ": `make table3 CKPTS=runs/x` runs the four benchmarks on a checkpoint")
+        table.note(row["model"], "throughput is of the architecture: see the throughput rows")
+        return [row]
+    out = []
+    for name, run in sorted(real.items()):
+        row = {"model": f"Ours ({name})", **empty,
+               "params_b": run["params_m"] / 1e3 if run.get("params_m") is not None else None,
+               "source": f"ours: MLflow {EXPERIMENT_T2I}/{name} (run {run['_run_id'][:8]})"}
+        for column, metric in T2I_METRICS.items():
+            row[column] = run.get(metric)
+            if row[column] is None:
+                table.note(row["model"], f"{metric} not measured on this checkpoint (`python -m "
+                                         f"{T2I_COMMANDS[column]} CKPT`; judge weights: `python -m snapgen.weights`)")
+        table.note(row["model"], "throughput is of the architecture: see the throughput rows")
+        if run.get("_tag_gpu"):
+            table.note(row["model"], f"generated on {run['_tag_gpu']}, {run.get('_tag_backend', '?')}, "
+                                     f"{run.get('_tag_dtype', '?')}, batch {run.get('_tag_batch', '?')}")
+        out.append(row)
+    return out
 
 
 def kd_table(efficiency_only: bool = False, tracking_uri: str | None = None) -> Table:
@@ -522,6 +664,30 @@ def adversarial_table(efficiency_only: bool = False, tracking_uri: str | None = 
     return table
 
 
+def log_to_sweep(experiment: str, sweep: str, scale: str | None, table: Table | None = None,
+                 figures: list[Path] = (), tracking_uri: str | None = None) -> str | None:
+    """Attach a report to the newest parent run of `sweep` at `scale` (`snapgen.tracking.log_report`): the table's
+    numbers as an MLflow table (`<name>_table.json`, sortable in the UI), its rendering with footnotes
+    (`<name>_table.md`) and figure files. Returns the parent's run id, or None (printed) when there is none."""
+    import tempfile
+
+    parent = tracking.find_parent(experiment, sweep, scale, tracking_uri)
+    if parent is None:
+        print(f"no {sweep!r} sweep parent run at scale {scale!r} in {experiment!r}: nothing attached", file=sys.stderr)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [Path(f) for f in figures]
+        if table is not None:
+            body, notes = render(table, "md")
+            rendered = Path(tmp) / f"{table.name}_table.md"
+            rendered.write_text(body + "\n\n" + notes + "\n")
+            files.append(rendered)
+        tracking.log_report(parent.info.run_id, table.frame if table is not None else None,
+                            f"{table.name}_table.json" if table is not None else "table.json", files, tracking_uri)
+    print(f"attached to MLflow run {parent.info.run_id} ({parent.info.run_name})", file=sys.stderr)
+    return parent.info.run_id
+
+
 TABLES: dict[str, Callable[..., Table]] = {"table1": table1, "table2": table2, "table3": table3, "kd": kd_table,
                                         "fig3": fig3_table, "adversarial": adversarial_table}
 
@@ -535,7 +701,7 @@ def _is_missing(value: Any) -> bool:
 
 
 def _display_frame(table: Table) -> pd.DataFrame:
-    """Numbers formatted, missing values as MISSING, a footnote mark on rows that have footnotes."""
+    """Numbers formatted, missing values as MISSING, a footnote mark on rows that have footnotes; `source` last."""
 
     def fmt(value: Any, column: str, is_paper: bool) -> str:
         if _is_missing(value):
@@ -547,6 +713,8 @@ def _display_frame(table: Table) -> pd.DataFrame:
         return str(value)
 
     frame = table.frame.astype(object).copy()
+    if "source" in frame:
+        frame = frame[[c for c in frame.columns if c != "source"] + ["source"]]
     is_paper = [str(source).startswith("paper") for source in frame["source"]] if "source" in frame else \
         [False] * len(frame)
     for column in frame.columns:
@@ -597,14 +765,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--details", default=None, metavar="CSV",
                         help="fig3: also write every column (params, latency, each quality metric's mean, std, 95%% "
                              "interval, change and sign, seeds, run ids) to this CSV")
+    parser.add_argument("--metric", default=None,
+                        help="table1: the quality proxy to show beside FID (default: the run's quality_metric tag, "
+                             "e.g. fd_cifar)")
+    parser.add_argument("--log-to-sweep", action="store_true",
+                        help="fig3: also attach the table to the newest `unet` sweep parent run of the scale (MLflow)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks (also SNAPGEN_DEBUG=1)")
     args = parser.parse_args(argv)
     if args.scale is not None and args.table not in ("fig3", "adversarial"):
         parser.error("--scale applies to fig3 and adversarial only")
     if args.details is not None and args.table != "fig3":
         parser.error("--details applies to fig3 only")
-    scale = {"scale": args.scale} if args.table in ("fig3", "adversarial") else {}
-    table = TABLES[args.table](efficiency_only=args.efficiency_only, tracking_uri=args.tracking_uri, **scale)
+    if args.log_to_sweep and (args.table != "fig3" or args.efficiency_only):
+        parser.error("--log-to-sweep applies to fig3 read from MLflow only")
+    if args.metric is not None and args.table != "table1":
+        parser.error("--metric applies to table1 only")
+    extra = {"scale": args.scale} if args.table in ("fig3", "adversarial") else \
+        {"metric": args.metric} if args.table == "table1" else {}
+    table = TABLES[args.table](efficiency_only=args.efficiency_only, tracking_uri=args.tracking_uri, **extra)
     body, notes = render(table, args.format)
     print(body)
     if args.details is not None and table.details is not None:
@@ -614,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
     if notes:
         # CSV stays machine-readable: its footnotes go to stderr.
         print(("" if args.format == "csv" else "\n") + notes, file=sys.stderr if args.format == "csv" else sys.stdout)
+    if args.log_to_sweep:
+        log_to_sweep("unet-ablation", "unet", args.scale, table, tracking_uri=args.tracking_uri)
     return 0
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-EXPERIMENTS = ("unet-ablation", "kd-ablation", "decoder", "imagenet", "t2i-evals", "adversarial-ablation")
+EXPERIMENTS = ("unet-ablation", "kd-ablation", "decoder", "imagenet", "t2i-evals", "adversarial-ablation", "throughput")
 REQUIRED_TAGS = ("step", "scale", "git_sha", "config_hash", "device", "latency_backend")
 METRICS = ("params_m", "gflops", "latency_ms", "latency_p10_ms", "latency_p90_ms", "latency_n", "fid", "val_loss",
            "train_loss", "geneval_overall", "dpg_overall", "clip_score", "image_reward", "psnr", "lpips",
@@ -48,6 +48,10 @@ _BATCH_METRICS, _BATCH_PARAMS, _BATCH_TAGS = 1000, 100, 100  # MLflow log_batch 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for nested runs: the UI groups a sweep's trials under it
 SWEEP_HASH_TAG = "sweep_hash"
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces); "custom_model_development"
+# opens it on the runs table (the value MLflow's own UI writes when a user picks "machine learning").
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+RUNTIME_TAGS = ("gpu", "backend", "dtype", "batch")  # where and how a speed or eval number was produced
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -130,13 +134,16 @@ def experiment_id(mlflow_client, name: str) -> str:
         raise ValueError(f"unknown experiment {name!r}; valid experiments (ARCHITECTURE.md): {', '.join(EXPERIMENTS)}")
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) is None:  # a store made before the tag was set here
+            mlflow_client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     uri = mlflow_client.tracking_uri
     artifact_location = None
     if uri.startswith("sqlite:///"):
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).resolve().as_uri()
     try:
-        return mlflow_client.create_experiment(name, artifact_location=artifact_location)
+        return mlflow_client.create_experiment(name, artifact_location=artifact_location,
+                                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # noqa: BLE001 - another worker created it between our two calls
         exp = mlflow_client.get_experiment_by_name(name)
         if exp is None:
@@ -402,12 +409,14 @@ class LiveRun:
         except Exception as error:  # noqa: BLE001
             _warn("on_record", error)
 
-    def on_artifact(self, path: str | Path) -> None:
+    def on_artifact(self, path: str | Path, flush: bool = True) -> None:
         """A file the engine wrote: logged under the artifact dir of its folder in the run dir (`samples/grid.png` ->
-        `samples/`; files directly in the run dir, like config.yaml, at the root)."""
+        `samples/`; files directly in the run dir, like config.yaml, at the root). The buffered metrics go first,
+        unless `flush=False` (a plot redrawn while training must not change when metrics are sent)."""
         if self.run_id is None:
             return
-        self.flush()
+        if flush:
+            self.flush()
         path = Path(path)
         try:
             if path.is_file():
@@ -600,6 +609,110 @@ def end_parent(run_id: str, status: str, metrics: dict[str, float | None] | None
             _retrying(c.log_artifact, run_id, str(path))
     _retrying(c.set_terminated, run_id, status)
 
+
+# ---- reports onto the sweep's parent run -----------------------------------------------------------------------------
+
+
+def find_parent(experiment: str, sweep: str, scale: str | None = None, uri: str | None = None):
+    """The newest parent run (tag `sweep_hash`) of `sweep` at `scale` (None: any) in `experiment`, or None."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    where = f"tags.sweep = '{sweep}'" + (f" and tags.scale = '{scale}'" if scale else "")
+    runs = c.search_runs([exp.experiment_id], filter_string=where, order_by=["attributes.start_time DESC"],
+                         max_results=1000)
+    return next((r for r in runs if SWEEP_HASH_TAG in r.data.tags), None)
+
+
+def log_report(run_id: str, table=None, table_file: str = "table.json", figures: Iterable[str | Path] = (),
+               uri: str | None = None) -> None:
+    """Attach a report to a run (the sweep's parent): `table` (a DataFrame) through `MlflowClient.log_table` as
+    `table_file`, and figure files. A rerun replaces the table rather than appending to it (log_table appends to an
+    existing file): the second time the same split-JSON file is written over it."""
+    import tempfile
+
+    c = client(uri)
+    if table is not None:
+        existing = {f.path for f in _retrying(c.list_artifacts, run_id)}
+        if table_file not in existing:
+            _retrying(c.log_table, run_id, table, table_file)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / table_file
+                table.to_json(path, orient="split", index=False, date_format="iso")
+                _retrying(c.log_artifact, run_id, str(path))
+    for path in figures:
+        if path and Path(path).is_file():
+            _retrying(c.log_artifact, run_id, str(path))
+
+
+# ---- throughput results (benchmarks.throughput's JSON) ---------------------------------------------------------------
+
+THROUGHPUT_EXPERIMENT = "throughput"
+
+
+def runtime_tags(gpu: str, backend: str, dtype: str, batch: int | str) -> dict[str, str]:
+    """The `RUNTIME_TAGS` of a speed or eval number: the device name, the backend (e.g. 'pytorch eager',
+    'pytorch compile channels-last'), the dtype and the batch it ran with."""
+    return dict(zip(RUNTIME_TAGS, (str(gpu), str(backend), str(dtype), str(batch))))
+
+
+def _backend(flags: dict[str, Any]) -> str:
+    """'pytorch eager', 'pytorch compile, channels-last, cuda-graphs', ... from a throughput run's switches."""
+    extras = [name for key, name in (("channels_last", "channels-last"), ("cuda_graphs", "cuda-graphs"))
+              if flags.get(key)]
+    return ", ".join([f"pytorch {'compile' if flags.get('compile') else 'eager'}", *extras])
+
+
+def throughput_records(report: dict[str, Any], source: str = "") -> list[dict[str, Any]]:
+    """One record per UNet or decoder row of a `benchmarks.throughput` JSON: {run_name, tags, params, metrics}.
+
+    Rows of an `--ablation` file carry a `setting` whose flags are in `report['settings']`; a plain file's flags are
+    its top-level `compile` / `channels_last` / `cuda_graphs`. `throughput` is samples/s (UNets; 28 steps with CFG)
+    or images/s (decoders); every other number of the row is logged under its own key (`mfu`, `ratio_to_sdxl`,
+    `ratio_to_sdxl_eager`, `ratio_vs_sdxl_eager`, `ratio_same_setting`, ...)."""
+    from snapgen.config import stable_hash
+
+    header = {k: v for k, v in report.items() if k not in ("unets", "decoders")}
+    records = []
+    for kind, key in (("unet", "unets"), ("decoder", "decoders")):
+        for row in report.get(key) or []:
+            setting = row.get("setting")
+            flags = (report.get("settings") or {}).get(setting) if setting else None
+            flags = flags if flags is not None else report
+            backend = _backend(flags)
+            batch = row.get("batch", report.get("batch_fixed", "?"))
+            tags = {**runtime_tags(report.get("device", "unknown"), backend, report.get("dtype", "unknown"), batch),
+                    "step": "throughput", "scale": "quick (CPU smoke, not a measurement)" if report.get("quick")
+                    else f"{int(report.get('latent', 128)) * 8}px", "config_hash": stable_hash({"row": row, **header}),
+                    "device": report.get("device", "unknown"), "latency_backend": backend,
+                    "git_sha": report.get("git_sha") or "not recorded in the JSON", "kind": kind,
+                    "setting": setting or backend.removeprefix("pytorch "), "source": source,
+                    "torch": report.get("torch", ""), "latent": report.get("latent", ""),
+                    "steps": report.get("steps", ""), "quick": bool(report.get("quick"))}
+            metrics = {k: float(v) for k, v in row.items() if _is_metric(v) and k != "batch"}
+            metrics["throughput"] = row.get("samples_per_s", row.get("images_per_s"))
+            params = {"model": row.get("model"), "batch": batch, **{k: v for k, v in flags.items()
+                                                                     if k in ("compile", "channels_last",
+                                                                              "cuda_graphs")}}
+            records.append({"run_name": row.get("model", "?"), "tags": tags, "params": params, "metrics": metrics})
+    return records
+
+
+def log_throughput(report: dict[str, Any], source: str = "", uri: str | None = None) -> list[tuple[str, str, bool]]:
+    """Log a `benchmarks.throughput` result (the dict it writes as throughput.json) into the `throughput` experiment,
+    one FINISHED run per row; a row logged before (same numbers and header) is not logged again.
+    Returns [(run name, run id, logged now)]."""
+    out = []
+    for record in throughput_records(report, source):
+        run_id, logged = log_trial(THROUGHPUT_EXPERIMENT, record["run_name"], tags=record["tags"],
+                                   params=record["params"], metrics=record["metrics"], uri=uri)
+        out.append((record["run_name"], run_id, logged))
+    return out
+
+
 __all__ = ["DEFAULT_TRACKING_URI", "EXPERIMENTS", "REQUIRED_TAGS", "METRICS", "ERROR_TAG", "tracking_uri",
            "absolute_uri", "git_sha", "client", "experiment_id", "find_run", "finished_hashes", "log_trial",
-           "PARENT_TAG", "SWEEP_HASH_TAG", "AlreadyFinished", "LiveRun", "start_parent", "end_parent", "log_eval_run"]
+           "PARENT_TAG", "SWEEP_HASH_TAG", "AlreadyFinished", "LiveRun", "start_parent", "end_parent", "log_eval_run",
+           "find_parent", "log_report", "runtime_tags", "throughput_records", "log_throughput", "RUNTIME_TAGS"]

@@ -66,7 +66,7 @@ def test_table1_reads_mlflow_run(tmp_path):
     ours = table.frame.iloc[-1]
     assert ours["params_m"] == pytest.approx(373.77) and ours["gflops"] == pytest.approx(37.98)
     assert pd.isna(ours["fid"])
-    assert any("has no metric fid" in note for note in table.footnotes)
+    assert any(note.startswith("FID not measured") for note in table.footnotes)
     assert ours["source"].startswith("ours: MLflow imagenet/snapgen-imagenet")
 
 
