@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from evals import feature_net, fid
 
@@ -118,11 +119,21 @@ def test_committed_network_accuracy_recomputed_on_cpu():
     from snapgen.data import load_cifar10
 
     net, record = feature_net.load_feature_net()
-    # The stated accuracy is what this checks, whatever it is: the committed net measured 89.48%, short of the issue's
-    # TARGET_ACCURACY (evals/weights/README.md says so); a net below 85% would not be worth committing.
-    assert record["test_accuracy"] >= 0.85
+    # The issue's bar; the stated accuracy itself is then recomputed from the weights on the CPU.
+    assert record["test_accuracy"] >= feature_net.TARGET_ACCURACY
     images, labels, _ = load_cifar10("test", limit=2000)  # strided over the class-sorted split
     assert feature_net.accuracy(net, images, labels) == pytest.approx(record["test_accuracy"], abs=0.03)
+
+
+def test_metric_features_are_mirror_invariant():
+    """`embed` (the metric's features) averages the two views, so an image and its mirror are the same point."""
+    torch.manual_seed(0)
+    net = feature_net.CifarResNet((8, 16, 32)).eval()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        one_view, mirrored = net.features(x), net.features(x.flip(3))
+        assert torch.allclose(net.embed(x), net.embed(x.flip(3)), rtol=1e-5, atol=0)
+        assert (one_view - mirrored).abs().max() > 1e-2 * one_view.abs().max()  # one view alone is not invariant
 
 
 def test_cli_scores_a_run_with_a_cfg_sweep(tiny_weights, tmp_path, monkeypatch, capsys):

@@ -10,6 +10,8 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from ..cli import run_cli  # noqa: F401  (re-exported: the CLIs import it from here)
+
 
 def parse_value(text: str) -> Any:
     """`--set` values: YAML scalars and lists, with numbers YAML 1.1 leaves as strings (`3e-4`) made floats."""
@@ -51,17 +53,3 @@ def print_options(options: Any, **extra: Any) -> None:
     print(json.dumps({"options": dataclasses.asdict(options), **extra}, indent=2, default=str))
 
 
-def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
-    """Run a CLI's `main`; a bad input (ValueError, KeyError, FileNotFoundError, RunError, ...) prints one line on
-    stderr and exits 2, unless `--debug` or SNAPGEN_DEBUG=1 asks for the traceback."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("SNAPGEN_DEBUG") == "1"
-    try:
-        result = main(args)
-        return int(result) if isinstance(result, int) else 0
-    except (ValueError, KeyError, FileNotFoundError, FloatingPointError, RuntimeError, OSError) as e:
-        if debug:
-            raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
-        return 2
