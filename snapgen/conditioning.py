@@ -37,10 +37,15 @@ class PromptConditioning:
     def __init__(self, prompts: list[str], encoder_name: str, device: torch.device | str, length: int | None = None):
         from .data import text_embedding_cache
 
-        emb = text_embedding_cache(prompts, text_encoder(encoder_name))
+        # Each distinct prompt is encoded (and cached) once: the cache key is the distinct prompts, so a batch of 500
+        # class-conditional samples and one of 20 hit the same entry (a GPU box without the encoder needs that).
+        position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        unique = list(position)
+        rows = torch.as_tensor([position[p] for p in prompts], dtype=torch.long)
+        emb = text_embedding_cache(unique, text_encoder(encoder_name))
         length = max(length or 0, int(emb["mask"].sum(1).max()))  # drop padding that no prompt uses
-        self.hidden = emb["hidden"][:, :length].to(device)  # (P, L, D)
-        self.mask = emb["mask"][:, :length].to(device)  # (P, L)
+        self.hidden = emb["hidden"][rows, :length].to(device)  # (P, L, D)
+        self.mask = emb["mask"][rows, :length].to(device)  # (P, L)
         self.dim = self.hidden.shape[-1]
 
     def __call__(self, prompt_idx: torch.Tensor, drop: torch.Tensor | None = None):
