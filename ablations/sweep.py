@@ -546,8 +546,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--only {unknown}: not in this sweep; its steps: {', '.join(t['step'] for t in trials)}")
         trials = [t for t in trials if t["step"] in args.only]
     if args.dry_run:
-        done = tracking.finished_hashes(spec["experiment"], uri) if Path(
-            uri.removeprefix("sqlite:///")).is_file() or not uri.startswith("sqlite") else set()
+        if args.no_tracking:  # what `run_untracked` would skip: the trials whose directory holds a result
+            done = {trial_hash(t) for t in trials if (trial_dir(t) / RESULT_FILE).is_file()}
+        else:
+            done = tracking.finished_hashes(spec["experiment"], uri) if Path(
+                uri.removeprefix("sqlite:///")).is_file() or not uri.startswith("sqlite") else set()
         for t in trials:
             state = "done" if trial_hash(t) in done else "to run"
             print(f"{t['step']:24s} seed {t['seed']}  {trial_hash(t)}  {state:7s} {t['arch']}")

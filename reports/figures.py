@@ -68,6 +68,42 @@ def _bar_panel(ax, steps: list[str], values: list[float | None], title: str, our
     ax.set_ylim(0, top * 1.45)
 
 
+def _seed_panel(ax, steps: list[str], seed_values: list[list[float]], title: str, ours_delta: list[float | None],
+                paper_text: list[str]) -> None:
+    """Quality over seeds: every seed a small grey dot, the mean a marker with a ± std error bar, labelled 'mean ± std,
+    ours Δ, paper'. The y-axis spans the data, not 0: the changes of a walk are a few percent of the value."""
+    from reports.stats import summarize
+
+    xs = list(range(len(steps)))
+    tops, lows = [], []
+    for x, values in zip(xs, seed_values):
+        if not values:
+            continue
+        s = summarize(values)
+        std = s.std or 0.0
+        ax.scatter([x] * len(values), values, s=10, color="#999999", zorder=2)
+        ax.errorbar(x, s.mean, yerr=std, fmt="o", color="#4c72b0", capsize=4, zorder=3)
+        tops.append(max(max(values), s.mean + std))
+        lows.append(min(min(values), s.mean - std))
+    if tops:
+        low, high = min(lows), max(tops)
+        pad = (high - low) or abs(high) or 1.0
+        ax.set_ylim(low - 0.15 * pad, high + 0.6 * pad)
+        for x, values, delta, paper in zip(xs, seed_values, ours_delta, paper_text):
+            label = "missing"
+            if values:
+                s = summarize(values)
+                label = f"{s.mean:.3g}" + (f" ± {s.std:.2g}" if s.std else "") + f"\nours {_fmt_pct(delta)}"
+            if paper:
+                label += f"\npaper {paper}"
+            y = max(values) if values else low
+            ax.annotate(label, (x, max(y, summarize(values).mean + (summarize(values).std or 0)) if values else y),
+                        textcoords="offset points", xytext=(0, 6), ha="center", va="bottom", fontsize=6.5)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks(xs, steps, rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(steps) - 0.4)
+
+
 def _walk_metrics(tracking_uri: str | None) -> tuple[dict[str, dict[str, float]], str | None]:
     from reports.tables import read_mlflow_runs
 
@@ -75,7 +111,7 @@ def _walk_metrics(tracking_uri: str | None) -> tuple[dict[str, dict[str, float]]
 
 
 def _save(fig, out: Path) -> Path:
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the suptitle
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -89,6 +125,10 @@ def fig3(rows: list[dict], out: Path, efficiency_only: bool = False, tracking_ur
     seeded = any(f"{m}_values" in r for r in rows for m in ("val_loss", "fd_cifar"))  # rows of walk_rows_from_mlflow
     proxy = [p for p in PROXY_PANELS if any(r.get(f"{p[0]}_values") for r in rows)]
     panels = [] if efficiency_only else WALK_METRIC_PANELS + proxy
+    # Seeded rows are the sweep's own runs: a metric none of them has (FID where Inception weights were absent) gets
+    # no empty panel, the title names it instead.
+    absent = [p for p in panels if seeded and not any(r.get(p[0]) is not None for r in rows)]
+    panels = [p for p in panels if p not in absent]
     n_rows = 1 + (len(panels) + 1) // 2  # params | GFLOPs on the first row, the metric panels two a row below
     fig, grid = plt.subplots(n_rows, 2, figsize=(13, 5.5 * n_rows), squeeze=False)
     axes = grid.flatten()
@@ -124,12 +164,20 @@ def fig3(rows: list[dict], out: Path, efficiency_only: bool = False, tracking_ur
                 stated = getattr(p, paper_field, None) if p and paper_field else None
                 paper_text.append("" if stated is None else (_fmt_pct(stated) if is_delta else f"{stated:g}"))
             n = max((r.get("seeds") or 0) for r in rows) if seeded else 0
-            _bar_panel(ax, steps, values, title + (f"; mean ± std over {n} seeds" if n > 1 else ""), deltas,
-                       paper_text, errors)
+            title_n = title + (f"; mean ± std over {n} seeds" if n > 1 else "")
+            per_seed = [list(r.get(f"{metric}_values") or []) for r in rows]
+            if seeded and metric != "latency_ms" and any(per_seed):  # quality: points over seeds
+                _seed_panel(ax, steps, per_seed, title_n, deltas, paper_text)
+            else:  # cost (one latency per architecture), or single values read from MLflow
+                _bar_panel(ax, steps, values, title if metric == "latency_ms" else title_n, deltas, paper_text,
+                           errors)
             if all(v is None for v in values):
                 ax.text(0.5, 0.6, f"no MLflow data yet:\n{why or 'no runs with metric ' + metric}", ha="center",
                         va="center", transform=ax.transAxes, fontsize=8, wrap=True, color="#aa0000")
-    fig.suptitle("Fig. 3 walk: ours (bars) with the deltas the paper states (Sec. 3.1)", fontsize=11)
+    suptitle = "Fig. 3 walk: ours with the deltas the paper states (Sec. 3.1)"
+    if absent:
+        suptitle += "\nnot measured in these runs: " + ", ".join(p[0] for p in absent)
+    fig.suptitle(suptitle, fontsize=11)
     return _save(fig, out)
 
 

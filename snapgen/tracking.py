@@ -68,8 +68,11 @@ def absolute_uri(uri: str | None = None) -> str:
 
 
 def git_sha(repo: str | Path | None = None) -> str:
-    """`HEAD`'s sha, with `-dirty` when the tree has uncommitted changes to tracked files. Outside git (a GPU box that
-    got the working tree only): `$SNAPGEN_GIT_SHA` as the sender recorded it, else `unknown`."""
+    """`$SNAPGEN_GIT_SHA` when the sender of a working tree recorded it (a GPU box's copy can hold a stale `.git`:
+    one recorded `5425295-dirty` for code sent from `b716668`), else `HEAD`'s sha with `-dirty` when the tree has
+    uncommitted changes to tracked files, else `unknown`."""
+    if os.environ.get("SNAPGEN_GIT_SHA"):
+        return os.environ["SNAPGEN_GIT_SHA"]
     repo = Path(repo or Path(__file__).resolve().parents[1])
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True,

@@ -150,7 +150,7 @@ def test_ray_sweep_logs_two_runs(tiny_trials, mlflow_uri):
     assert [s["status"] for s in sweep.run_sweep(tiny_trials, "ray", mlflow_uri)] == ["skipped", "skipped"]
 
 
-def test_untracked_sweep_then_ingest_logs_each_trial_once(tmp_path, mlflow_uri):
+def test_untracked_sweep_then_ingest_logs_each_trial_once(tmp_path, mlflow_uri, capsys):
     """A bare GPU box runs `--no-tracking`; its trial_result.json files are logged here by `ingest`, once."""
     spec_file = tmp_path / "tiny.yaml"
     spec_file.write_text(yaml.safe_dump({**TINY_SPEC, "scales": {"smoke": {**TINY_SPEC["scales"]["smoke"],
@@ -159,6 +159,10 @@ def test_untracked_sweep_then_ingest_logs_each_trial_once(tmp_path, mlflow_uri):
     args = ["unet", "--spec", str(spec_file), "--out-root", str(root), "--profile-cache", str(tmp_path / "cache"),
             "--no-progress", "--tracking-uri", mlflow_uri, "--set", "steps=2", "val_every=2", "ckpt_every=2"]
     assert sweep.main(args + ["--no-tracking", "--only", "b_no_sa_high_res"]) == 0
+    capsys.readouterr()
+    assert sweep.main(args + ["--no-tracking", "--dry-run"]) == 0  # the plan reads the result files, not MLflow
+    plan = {line.split()[0]: line.split()[4] for line in capsys.readouterr().out.splitlines() if " seed " in line}
+    assert plan == {"a_baseline": "to", "b_no_sa_high_res": "done"}
     assert sweep.main(args + ["--no-tracking"]) == 0  # the finished trial is skipped, the other runs
     assert len(list(root.rglob(sweep.RESULT_FILE))) == 2
     assert _runs(mlflow_uri) == []

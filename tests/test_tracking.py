@@ -130,3 +130,11 @@ def test_mlflow_ui_serves_runs(tmp_path):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_git_sha_prefers_the_senders_record(monkeypatch):
+    """A GPU box's copy of the tree can hold a stale .git: the sha the sender recorded wins."""
+    monkeypatch.setenv("SNAPGEN_GIT_SHA", "b716668")
+    assert tracking.git_sha() == "b716668"
+    monkeypatch.delenv("SNAPGEN_GIT_SHA")
+    assert tracking.git_sha() != "b716668"

@@ -83,3 +83,29 @@ def test_fig3_figure_error_bars_and_pareto(walk_store, tmp_path):
     assert pareto.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert figures.main(["pareto", "--tracking-uri", walk_store, "--scale", "small",
                          "--out", str(tmp_path / "p2.png")]) == 0
+
+
+def test_fig3_figure_shows_seeds_and_names_missing_metrics(walk_store, tmp_path, monkeypatch):
+    """Quality panels plot every seed on an axis that spans the data; FID, which no run has, gets no empty panel."""
+    from matplotlib.collections import PathCollection
+
+    from reports import figures
+
+    seen = {}
+    save = figures._save
+
+    def capture(fig, out):
+        seen["suptitle"] = fig._suptitle.get_text()
+        seen["axes"] = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+        fd_axis = seen["axes"][next(t for t in seen["axes"] if t.startswith("FD-CIFAR"))]
+        seen["fd_points"] = [c.get_offsets() for c in fd_axis.collections if isinstance(c, PathCollection)]
+        seen["fd_ylim"] = seen["axes"][next(t for t in seen["axes"] if t.startswith("FD-CIFAR"))].get_ylim()
+        return save(fig, out)
+
+    monkeypatch.setattr(figures, "_save", capture)
+    figures.fig3_from_mlflow(tmp_path / "fig3.png", walk_store, "small")
+    assert "not measured in these runs: fid" in seen["suptitle"]
+    assert not any(title.startswith("FID") for title in seen["axes"])
+    assert seen["fd_ylim"][0] > 20  # not from 0: the values are 27..41
+    plotted = sorted(float(y) for offsets in seen["fd_points"] for _, y in offsets)
+    assert sorted(v for values in FD.values() for v in values) == pytest.approx(plotted)

@@ -3,7 +3,6 @@
 # first, CIFAR-10 32x32), untracked (no MLflow on the device); `python -m ablations.sweep ingest DIR` logs it here.
 # Usage: bash scripts/device/kd_small.sh ROW [ROW...]
 source scripts/device/setup.sh
-export SNAPGEN_GIT_SHA=$(cat .gpu/git_sha 2>/dev/null || echo unknown)
 # the teacher is cached under $SNAPGEN_CACHE/teachers: keep it outside .gpu, which the next call's carry replaces
 mkdir -p /tmp/snapcache && cp -rn .gpu/cache/. /tmp/snapcache/ && export SNAPGEN_CACHE=/tmp/snapcache
 cmd="python3 -m ablations.sweep kd --scale small --no-tracking --no-progress --out-root runs/kd_small --profile-cache runs/profile_cache --only $*"

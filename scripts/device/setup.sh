@@ -8,3 +8,6 @@ export PYTHONPATH=/tmp/site:$PWD SNAPGEN_ASSETS=$PWD/.gpu/assets SNAPGEN_CACHE=$
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 python3 -c "import torch; print('torch', torch.__version__, 'device', torch.cuda.get_device_name(0))"
+# The box's copy of the checkout can carry a stale .git: the sha of the code sent travels in .gpu/git_sha
+# (`git rev-parse --short HEAD > .gpu/git_sha` here, then carry it), and snapgen.tracking.git_sha prefers it.
+if [ -f .gpu/git_sha ]; then export SNAPGEN_GIT_SHA=$(cat .gpu/git_sha); fi

@@ -8,7 +8,6 @@
 # Carry: .gpu/wheels .gpu/assets/taesd .gpu/lite .gpu/cache, and runs/walk_latent from the previous call's archive
 # (unpacked here) when there is one. Usage: bash scripts/device/walk_latent.sh [SECONDS]
 source scripts/device/setup.sh
-export SNAPGEN_GIT_SHA=$(cat .gpu/git_sha 2>/dev/null || echo unknown)
 export SNAPGEN_CIFAR10_NPZ=$PWD/.gpu/lite/cifar10_40k_2k.npz  # 40k/2k strided subset: the full npz + TAESD3 exceed 64 MiB
 # Latents and reference statistics go outside the carried .gpu/cache (a carry replaces it): a warm machine keeps them.
 mkdir -p /tmp/snapgen_cache && cp -rn .gpu/cache/. /tmp/snapgen_cache/ && export SNAPGEN_CACHE=/tmp/snapgen_cache
@@ -25,4 +24,7 @@ timeout --signal=INT "${1:-500}" $cmd 2>&1 | grep -v "it/s\]" | tee "$OUT/sweep.
   || echo "sweep stopped (exit $?) after $(( $(date +%s) - start )) s: rerun to continue" | tee -a "$OUT/sweep.log"
 echo "$(find runs/walk_latent -name trial_result.json | wc -l) of $(( 8 * ${SEEDS:-3} )) trials finished" | tee -a "$OUT/sweep.log"
 nvidia-smi --query-gpu=name,memory.used --format=csv >> "$OUT/sweep.log"
-tar czf "$OUT/walk_latent.tar.gz" --exclude='checkpoint*' --exclude='*.pt' runs/walk_latent runs/profile_cache
+# Only the small files travel back (a trial folder holds ~150 MB of samples and checkpoints; 8 trials' worth exceeded
+# what a call can return): the records, metrics, configs and loss curves, which is all `ingest` and the skip logic need.
+(cd runs && find walk_latent profile_cache \( -name '*.json' -o -name metrics.jsonl -o -name config.yaml \
+  -o -name loss_curve.png \) -not -path '*checkpoint*' -print0 | tar czf "$OUT/walk_latent.tar.gz" --null -T -)
