@@ -6,10 +6,11 @@
 # while the machine stays warm; each part is parked in /tmp/ray_parts and the last call joins, checks and installs.
 #
 #   here (CPU box, PyPI):  bash scripts/device/ray_train.sh build     # .gpu/ray/part-NN + SHA256SUMS, .gpu/lite, .gpu/cache
-#   device call 1:         bash scripts/device/ray_train.sh receive .gpu/ray/part-00        carry: .gpu/ray/part-00
-#   device call 2:         bash scripts/device/ray_train.sh receive .gpu/ray/part-01        carry: .gpu/ray/part-01
-#   device call 3:         bash scripts/device/ray_train.sh run .gpu/ray/part-02
-#                          carry: .gpu/ray/part-02 .gpu/ray/SHA256SUMS .gpu/wheels .gpu/lite .gpu/cache
+#   device calls 1-3:      bash scripts/device/ray_train.sh receive .gpu/ray/part-0K        carry: .gpu/ray/part-0K
+#   device call 4:         bash scripts/device/ray_train.sh run
+#                          carry: .gpu/ray/SHA256SUMS .gpu/wheels .gpu/lite/cifar10_10k_1k.npz .gpu/cache .gpu/git_sha
+# Parts are 52 MiB: with the checkout (~8.5 MB, the feature net's weights included) each call stays under the 64 MiB
+# carry; the run call carries no part, since the last part plus the wheels, data and cache would not fit.
 # `run` accepts any parts still missing on its command line; it says which are missing when the join fails.
 set -euo pipefail
 parts_dir=/tmp/ray_parts
@@ -26,7 +27,7 @@ case $mode in
       tensorboardX requests urllib3 idna certifi charset-normalizer packaging pyyaml
     tar cf /tmp/ray_wheels.tar -C /tmp ray_wheels
     (cd /tmp && sha256sum ray_wheels.tar) > .gpu/ray/SHA256SUMS
-    split -b 56M -d -a 2 /tmp/ray_wheels.tar .gpu/ray/part-
+    split -b 52M -d -a 2 /tmp/ray_wheels.tar .gpu/ray/part-
     [ -f .gpu/lite/cifar10_10k_1k.npz ] || "$py" -m snapgen.data subset .gpu/lite/cifar10_10k_1k.npz 10000 1000
     # The class prompts' MiniLM embeddings (the box has no text encoder): one tiny CPU run fills the cache.
     SNAPGEN_CACHE=$PWD/.gpu/cache SNAPGEN_CIFAR10_NPZ=$PWD/.gpu/lite/cifar10_10k_1k.npz "$py" -m snapgen.train \
