@@ -2,7 +2,7 @@
 # Issue 8 on one GPU: `small`-scale T2I training of the full snapgen-t2i UNet (381M) in TAESD3's 16-channel SD3 latent
 # space: CIFAR-10 upsampled to 256^2 (32^2 latents, the first T2I stage's resolution), class prompts through the
 # MiniLM text encoder (embeddings carried in .gpu/cache), time-boxed; sample grids decoded by TAESD3.
-# Carry: .gpu/wheels .gpu/assets/taesd .gpu/lite .gpu/cache. Usage: bash scripts/device/t2i_small.sh [MINUTES]
+# Carry: .gpu/wheels .gpu/assets/taesd .gpu/lite/cifar10_40k_2k.npz .gpu/cache. Usage: bash scripts/device/t2i_small.sh [MINUTES]
 source scripts/device/setup.sh
 export SNAPGEN_CIFAR10_NPZ=$PWD/.gpu/lite/cifar10_40k_2k.npz  # 40k/2k strided subset: the full npz + TAESD3 exceed 64 MiB
 run=runs/t2i_small

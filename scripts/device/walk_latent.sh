@@ -5,7 +5,7 @@
 # Run it in chunks: each call stops after SECONDS (default 500, under 9 min), packs what finished under $OUT, and the
 # next call skips finished trials (their trial_result.json) and runs the rest; a trial cut off restarts.
 # Needs the committed feature network (evals/weights/cifar10_resnet.safetensors; scripts/device/feature_net.sh).
-# Carry: .gpu/wheels .gpu/assets/taesd .gpu/lite .gpu/cache, and runs/walk_latent from the previous call's archive
+# Carry: .gpu/wheels .gpu/assets/taesd .gpu/lite/cifar10_40k_2k.npz .gpu/cache, and runs/walk_latent from the previous call's archive
 # (unpacked here) when there is one. Usage: bash scripts/device/walk_latent.sh [SECONDS]
 source scripts/device/setup.sh
 export SNAPGEN_CIFAR10_NPZ=$PWD/.gpu/lite/cifar10_40k_2k.npz  # 40k/2k strided subset: the full npz + TAESD3 exceed 64 MiB
