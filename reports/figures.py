@@ -90,15 +90,15 @@ def _seed_panel(ax, steps: list[str], seed_values: list[list[float]], title: str
         pad = (high - low) or abs(high) or 1.0
         ax.set_ylim(low - 0.15 * pad, high + 0.6 * pad)
         for x, values, delta, paper in zip(xs, seed_values, ours_delta, paper_text):
-            label = "missing"
+            label, y = "missing", low
             if values:
                 s = summarize(values)
                 label = f"{s.mean:.3g}" + (f" ± {s.std:.2g}" if s.std else "") + f"\nours {_fmt_pct(delta)}"
+                y = max(max(values), s.mean + (s.std or 0.0))  # above the highest seed and the error bar
             if paper:
                 label += f"\npaper {paper}"
-            y = max(values) if values else low
-            ax.annotate(label, (x, max(y, summarize(values).mean + (summarize(values).std or 0)) if values else y),
-                        textcoords="offset points", xytext=(0, 6), ha="center", va="bottom", fontsize=6.5)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(0, 6), ha="center", va="bottom",
+                        fontsize=6.5)
     ax.set_title(title, fontsize=10)
     ax.set_xticks(xs, steps, rotation=30, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(steps) - 0.4)

@@ -37,8 +37,9 @@ class PromptConditioning:
     def __init__(self, prompts: list[str], encoder_name: str, device: torch.device | str, length: int | None = None):
         from .data import text_embedding_cache
 
-        # Each distinct prompt is encoded (and cached) once: the cache key is the distinct prompts, so a batch of 500
-        # class-conditional samples and one of 20 hit the same entry (a GPU box without the encoder needs that).
+        # Each distinct prompt is encoded (and cached) once, keyed by the distinct prompts in first-seen order: a batch
+        # of 500 class-conditional samples and one of 20, both cycling through the classes, hit the same entry (a GPU
+        # box without the text encoder runs on a carried cache).
         position = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
         unique = list(position)
         rows = torch.as_tensor([position[p] for p in prompts], dtype=torch.long)

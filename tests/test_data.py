@@ -159,3 +159,27 @@ def test_latent_and_text_caches_rebuild_on_key_change(cache, tmp_path):
     assert enc.encoded == ["a", "bb"] and out["pooled"][:, 0].tolist() == [1.0, 2.0]
     data.text_embedding_cache(["a", "ccc"], enc, cache_dir=tmp_path)
     assert enc.encoded == ["a", "bb", "a", "ccc"]
+
+
+def test_prompt_conditioning_encodes_each_distinct_prompt_once(tmp_path, monkeypatch):
+    """Rows follow the prompts; repeats share one encoding, and any batch of the same distinct prompts (in the same
+    first-seen order) hits the same cache entry, whatever its length: what a box without the text encoder relies on."""
+    from snapgen import conditioning
+
+    encoded = []
+
+    class FakeEncoder:
+        name = "fake"
+
+        def encode(self, prompts):
+            encoded.extend(prompts)
+            n = torch.tensor([[len(p)] for p in prompts], dtype=torch.float32)
+            return n[:, :, None].expand(-1, 3, 2), torch.ones(len(prompts), 3, dtype=torch.bool), n
+
+    monkeypatch.setenv("SNAPGEN_CACHE", str(tmp_path))
+    monkeypatch.setattr(conditioning, "text_encoder", lambda name: FakeEncoder())
+    long = conditioning.PromptConditioning(["a", "bbb", "a", "bbb", "a"], "fake", "cpu")
+    assert long.hidden[:, 0, 0].tolist() == [1.0, 3.0, 1.0, 3.0, 1.0] and encoded == ["a", "bbb"]
+    short = conditioning.PromptConditioning(["a", "bbb"], "fake", "cpu")
+    assert encoded == ["a", "bbb"]  # served by the cache
+    torch.testing.assert_close(short.hidden, long.hidden[:2])
