@@ -415,12 +415,14 @@ def _fd_cifar(trial: dict[str, Any], cfg, out: Path, metrics: dict, tags: dict) 
                                                guidances=guidances, batch_size=int(spec.get("batch_size", 250)))
     except FeatureNetMissing as error:
         warnings.warn(str(error))
-        metrics.update(fd_cifar=None, kid_cifar=None, class_acc=None, cfg_best=None)
+        metrics.update(fd_cifar=None, kid_cifar=None, class_acc=None, cfg_best=None, cfg_at_edge=None)
         tags["fd_cifar_note"] = f"missing: {str(error)[:300]}"
         return None
     metrics.update({k: result[k] for k in ("fd_cifar", "kid_cifar", "class_acc", "cfg_best")})
+    metrics["cfg_at_edge"] = float(result["cfg_at_edge"])  # 1: the best scale is the grid's end (see the table)
+    edge = ", the grid's edge" if result["cfg_at_edge"] else ""
     tags["fd_cifar_note"] = (f"{fid_eval.PROXY_NOTE}; {result['num_samples']} samples per CFG scale "
-                             f"({', '.join(f'{g:g}' for g in guidances)}; best {result['cfg_best']:g}), "
+                             f"({', '.join(f'{g:g}' for g in guidances)}; best {result['cfg_best']:g}{edge}), "
                              f"{result['sample_steps']} sampler steps, vs. {result['reference']}; features "
                              f"{result['feature_extractor']}")
     path = out / "fd_cifar.json"

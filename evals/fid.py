@@ -331,6 +331,13 @@ def run_class_labels(class_names: list[str], space: CifarFeatureSpace, num_sampl
     return np.asarray([index[class_names[i % len(class_names)]] for i in range(num_samples)])
 
 
+def cfg_at_edge(best: float, guidances) -> bool:
+    """Whether the best scale of a sweep of two or more is its lowest or highest: the optimum may lie outside the grid,
+    so a wider one may score better (the supplement's [1.3, 2.0] can end before an undertrained net's best)."""
+    grid = sorted(float(g) for g in guidances)
+    return len(grid) > 1 and float(best) in (grid[0], grid[-1])
+
+
 def cifar_metrics_of_run(run_dir: str | Path, num_samples: int, sample_steps: int = 30,
                          guidances: tuple[float, ...] | list[float] = (2.0,), batch_size: int = 100,
                          space: CifarFeatureSpace | None = None, reference_limit: int | None = None,
@@ -356,7 +363,8 @@ def cifar_metrics_of_run(run_dir: str | Path, num_samples: int, sample_steps: in
         metrics = cifar_metrics_of_images(images, reference, reference_name, space, labels, cache_dir)
         per_guidance.append({"guidance": float(guidance), **metrics})
     best = min(per_guidance, key=lambda m: m["fd_cifar"])
-    return {**best, "cfg_best": best["guidance"], "sample_steps": sample_steps,
+    return {**best, "cfg_best": best["guidance"], "cfg_at_edge": cfg_at_edge(best["guidance"], guidances),
+            "sample_steps": sample_steps,
             "per_guidance": [{k: m[k] for k in ("guidance", "fd_cifar", "kid_cifar", "class_acc")}
                              for m in per_guidance]}
 
@@ -445,6 +453,8 @@ def _main_cifar(args: argparse.Namespace, path: Path, is_run: bool, out: Path) -
     out.mkdir(parents=True, exist_ok=True)
     (out / "fd_cifar.json").write_text(json.dumps(result, indent=2))
     cfg = f", best CFG {result['cfg_best']:g} of {', '.join(f'{g:g}' for g in args.guidance)}" if is_run else ""
+    if is_run and result.get("cfg_at_edge"):
+        cfg += " (the grid's edge: a wider grid may score better)"
     acc = f", class_acc {100 * result['class_acc']:.1f}%" if result.get("class_acc") is not None else ""
     print(f"fd_cifar {result['fd_cifar']:.3f}, kid_cifar {result['kid_cifar']:.5f}{acc} ({result['num_samples']} "
           f"samples vs. {result['reference']}{cfg}; features {result['feature_extractor']}; a proxy, not FID); "

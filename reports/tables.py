@@ -432,7 +432,7 @@ def kd_table(efficiency_only: bool = False, tracking_uri: str | None = None) -> 
 
 EXPERIMENT_UNET_ABLATION = "unet-ablation"
 WALK_METRICS = ("params_m", "gflops", "latency_ms", "latency_p10_ms", "latency_p90_ms", "val_loss", "fid",
-                "params_m_trained", "fd_cifar", "kid_cifar", "class_acc", "cfg_best")
+                "params_m_trained", "fd_cifar", "kid_cifar", "class_acc", "cfg_best", "cfg_at_edge")
 # Quality metrics of the walk, in the order one is chosen for the sign column (the first any run has), and whether
 # lower is better. FID is FID (clean-fid's Inception); fd_cifar/kid_cifar/class_acc are the offline proxy.
 WALK_QUALITY = (("fid", True), ("fd_cifar", True), ("val_loss", True))
@@ -607,6 +607,10 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
                                f"t-interval (Welch); sign 'within noise' when that interval covers 0")
         table.footnotes.append(f"GFLOPs of the full-size architectures at a 128x128 latent (trained nets may be "
                                f"shrunk proxies); latency (CSV) on {device}, not the paper's iPhone 15 Pro")
+    edges = [v for r in rows for v in r.get("cfg_at_edge_values") or []]
+    if quality != "val_loss" and any(edges):  # the CFG sweep's best may lie outside its grid
+        table.footnotes.append(f"best CFG scale at the edge of the swept grid in {int(sum(edges))} of {len(edges)} "
+                               f"trials (cfg_best in the details CSV): a wider grid may score better")
     table.frame = pd.DataFrame(compact)
     table.headers = {"seeds": "n", "gflops_128": "GFLOPs", "d_gflops": "ΔFLOPs (paper)",
                      "quality": quality, "d_quality": "Δ [95% CI]", "paper_quality": "paper FID",

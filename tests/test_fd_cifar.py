@@ -125,6 +125,12 @@ def test_committed_network_accuracy_recomputed_on_cpu():
     assert feature_net.accuracy(net, images, labels) == pytest.approx(record["test_accuracy"], abs=0.03)
 
 
+def test_cfg_at_edge():
+    assert fid.cfg_at_edge(2.0, [1.3, 1.65, 2.0]) and fid.cfg_at_edge(1.3, [2.0, 1.3, 1.65])
+    assert not fid.cfg_at_edge(1.65, [1.3, 1.65, 2.0])
+    assert not fid.cfg_at_edge(2.0, [2.0])  # one scale is no sweep
+
+
 def test_metric_features_are_mirror_invariant():
     """`embed` (the metric's features) averages the two views, so an image and its mirror are the same point."""
     torch.manual_seed(0)
@@ -151,6 +157,8 @@ def test_cli_scores_a_run_with_a_cfg_sweep(tiny_weights, tmp_path, monkeypatch, 
     assert [m["guidance"] for m in result["per_guidance"]] == [1.3, 2.0]
     assert result["fd_cifar"] == min(m["fd_cifar"] for m in result["per_guidance"])
     assert result["cfg_best"] in (1.3, 2.0) and 0 <= result["class_acc"] <= 1 and result["num_samples"] == 20
-    assert "a proxy, not FID" in capsys.readouterr().out
+    assert result["cfg_at_edge"] is True  # a grid of two: its best is always an end
+    out = capsys.readouterr().out
+    assert "a proxy, not FID" in out and "the grid's edge" in out
     with pytest.raises(ValueError, match="cifar10 only"):
         fid.main([str(run), "--guidance", "1.3", "2.0"])

@@ -48,7 +48,8 @@ def walk_store(mlflow_uri):
                     "latency_backend": "eager", "walk": "fig3", "seed": seed, "fd_cifar_note": "proxy, not FID"}
             metrics = {"fd_cifar": value, "kid_cifar": value / 1000, "class_acc": 0.5, "val_loss": 0.3,
                        "gflops": GFLOPS[step], "params_m": 500.0, "latency_ms": 40.0 + seed,
-                       "cfg_best": 1.65}
+                       "cfg_best": 2.0 if (step, seed) == ("a_baseline", 0) else 1.65,
+                       "cfg_at_edge": float((step, seed) == ("a_baseline", 0))}
             tracking.log_trial("unet-ablation", step, tags=tags, params={}, metrics=metrics, uri=mlflow_uri)
     return mlflow_uri
 
@@ -65,6 +66,7 @@ def test_fig3_table_over_seeds(walk_store, tmp_path, capsys):
     body, notes = tables.render(table, "md")
     assert max(len(line) for line in body.splitlines()) <= 120, body
     assert "fd_cifar" in body and "FID" not in body.replace("paper FID", "")  # the proxy is never called FID
+    assert any("edge of the swept grid in 1 of 9 trials" in note for note in table.footnotes)
     details = tmp_path / "fig3_details.csv"
     assert tables.main(["fig3", "--scale", "small", "--tracking-uri", walk_store, "--details", str(details)]) == 0
     frame = pd.read_csv(details)
