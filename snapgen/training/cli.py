@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ..cli import run_cli  # noqa: F401  (re-exported: the CLIs import it from here)
 
