@@ -206,3 +206,24 @@ def test_adversarial_options_are_checked_and_the_chance_watch_warns_once():
     assert "at chance since step 50" in lines[2]
     assert watch.describe({"step": 400, "d_acc_real": 0.9, "d_acc_fake": 0.8}) == ""  # D learned: the watch resets
     assert [bool(watch.describe(at_chance(s))) for s in (450, 500, 550)] == [False, False, True]
+
+
+def test_fd_cifar_of_a_distilled_run(tmp_path, monkeypatch, capsys):
+    """`python -m evals.fid RUN --features cifar10 --steps 4` scores a step-distilled student, as
+    scripts/device/adversarial.sh does with FD_CIFAR=1 (the committed feature net, the student's few steps)."""
+    from evals import feature_net, fid
+
+    if not feature_net.DEFAULT_WEIGHTS.is_file():
+        pytest.skip(f"{feature_net.DEFAULT_WEIGHTS} is not committed")
+    monkeypatch.setenv("SNAPGEN_CACHE", str(tmp_path / "cache"))
+    tiny_student_run(tmp_path / "student")
+    step_distill(tmp_path / "student", tiny_teacher(384), tmp_path / "distilled", steps=2, progress=False,
+                 batch_size=4, log_every=1, ckpt_every=2, eval_steps=(4,), before_steps=(4,),
+                 eval_samples_per_class=1, reference_steps=2)
+    out = tmp_path / "distilled" / "fd_cifar_4"
+    assert fid.main([str(tmp_path / "distilled"), "--features", "cifar10", "--n", "10", "--steps", "4",
+                     "--guidance", "1.3", "2.0", "--batch-size", "10", "--reference-limit", "100",
+                     "--out", str(out)]) == 0
+    result = json.loads((out / "fd_cifar.json").read_text())
+    assert result["num_samples"] == 10 and result["sample_steps"] == 4 and result["fd_cifar"] > 0
+    assert "a proxy, not FID" in capsys.readouterr().out

@@ -7,7 +7,8 @@
 #  - the tiny decoder with vs without its PatchGAN on 256^2 patches: PSNR/SSIM on 500 held-out CIFAR-10 test images
 #    upsampled to 256^2 (and on $SNAPGEN_PHOTOS when .gpu/photos is carried), D accuracy curves.
 # Time budgets cap each phase (~5 min of H200 in all; ADV_CLEAN=1: one more arm, ~45 s). FD_CIFAR=1 also runs `python -m evals.fid RUN --features cifar10`
-# on the distilled students where that metric exists (issue 16), into each trial's fd_cifar_<n>/.
+# on the distilled students (issue 16; tests/test_step_distill.py::test_fd_cifar_of_a_distilled_run checks it on CPU),
+# into each trial's fd_cifar_<n>/.
 # Carry: .gpu/wheels .gpu/assets/taesd .gpu/lite/cifar10_40k_2k.npz .gpu/cache [.gpu/photos]. SCALE=smoke: the CPU-sized proof.
 source scripts/device/setup.sh
 export SNAPGEN_CIFAR10_NPZ=$PWD/.gpu/lite/cifar10_40k_2k.npz
