@@ -36,21 +36,37 @@ TRAIN_SPEED_FILE = Path(__file__).resolve().parents[1] / "reports" / "results" /
 SPEED_SETTING = "snapgen-imagenet +compile"  # the measured img/s the plan's GPU-hours come from
 
 
-def trial_resources(workers: int, gpus_per_worker: float, cluster_gpus: float, cluster_cpus: float) -> dict[str, Any]:
-    """What one trial holds and how many run at once: {workers, gpus_per_worker, gpus, cpus, concurrent}."""
+def default_cpus_per_worker(gpus_per_worker: float, cluster_gpus: float, cluster_cpus: float) -> float:
+    """CPUs a worker reserves when --cpus-per-worker is not given: a GPU worker gets its GPUs' share of the cluster's
+    cores (less a whole core, for the trials' drivers and Ray's own processes), a CPU worker one core. Ray sets a
+    worker's OMP_NUM_THREADS (so torch's thread count) to the CPUs it reserves: one CPU made the 1-worker Ray trial
+    5% slower than the local process on the H200 (reports/results/ray_train/)."""
+    if not (gpus_per_worker and cluster_gpus):
+        return 1.0
+    return float(max(1, int(cluster_cpus / cluster_gpus * gpus_per_worker) - 1))
+
+
+def trial_resources(workers: int, gpus_per_worker: float, cluster_gpus: float, cluster_cpus: float,
+                    cpus_per_worker: float | None = None) -> dict[str, Any]:
+    """What one trial holds and how many run at once: {workers, gpus_per_worker, cpus_per_worker, gpus, cpus,
+    concurrent}; `cpus_per_worker` None is `default_cpus_per_worker`."""
     if workers < 1:
         raise ValueError(f"--workers-per-trial {workers}: must be >= 1")
     if gpus_per_worker < 0:
         raise ValueError(f"--gpus-per-worker {gpus_per_worker}: must be >= 0")
-    gpus, cpus = workers * gpus_per_worker, float(workers)
+    if cpus_per_worker is None:
+        cpus_per_worker = default_cpus_per_worker(gpus_per_worker, cluster_gpus, cluster_cpus)
+    if cpus_per_worker < 1:  # OMP_NUM_THREADS would be 0
+        raise ValueError(f"--cpus-per-worker {cpus_per_worker:g}: must be >= 1")
+    gpus, cpus = workers * gpus_per_worker, workers * float(cpus_per_worker)
     concurrent = int(min(cluster_gpus // gpus, cluster_cpus // (cpus + DRIVER_CPUS))) if gpus else \
         int(cluster_cpus // (cpus + DRIVER_CPUS))
     if concurrent < 1:  # Tune would wait forever for resources that never come
         raise ValueError(f"a trial of {workers} workers needs {cpus + DRIVER_CPUS:g} CPUs and {gpus:g} GPUs; the Ray "
                          f"cluster has {cluster_cpus:g} CPUs and {cluster_gpus:g} GPUs (join more nodes: "
                          f"`ray start --address ...`, or lower --workers-per-trial)")
-    return {"workers": workers, "gpus_per_worker": gpus_per_worker, "gpus": gpus, "cpus": cpus,
-            "concurrent": concurrent}
+    return {"workers": workers, "gpus_per_worker": gpus_per_worker, "cpus_per_worker": float(cpus_per_worker),
+            "gpus": gpus, "cpus": cpus, "concurrent": concurrent}
 
 
 def measured_img_per_s(path: Path = TRAIN_SPEED_FILE, setting: str = SPEED_SETTING) -> dict[str, Any] | None:
@@ -135,15 +151,17 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def ray_train_trial(trial: dict[str, Any], workers: int, gpus_per_worker: float = 0.0,
-                    max_failures: int = DEFAULT_MAX_FAILURES, storage: str | Path | None = None) -> dict[str, Any]:
-    """Run one trial as a `TorchTrainer` of `workers` workers and return rank 0's `run_trial` result. Raises
-    `ray.train.TrainingFailedError` when the worker group failed `max_failures + 1` times."""
+                    max_failures: int = DEFAULT_MAX_FAILURES, storage: str | Path | None = None,
+                    cpus_per_worker: float = 1.0) -> dict[str, Any]:
+    """Run one trial as a `TorchTrainer` of `workers` workers (each reserving `cpus_per_worker` CPUs, which is also
+    its torch thread count) and return rank 0's `run_trial` result. Raises `ray.train.TrainingFailedError` when the
+    worker group failed `max_failures + 1` times."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ablations.trial import DEFAULT_OUT_ROOT
 
-    resources = {"CPU": 1, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     root = Path(storage or Path(trial.get("_out_root") or DEFAULT_OUT_ROOT) / "_ray_train").resolve()
     trainer = TorchTrainer(
         train_worker, train_loop_config={"trial": trial},
@@ -170,6 +188,7 @@ def train_driver(config: dict[str, Any]) -> None:
     from ablations.sweep import run_and_log
 
     trial_fn = partial(ray_train_trial, workers=config["workers"], gpus_per_worker=config["gpus_per_worker"],
+                       cpus_per_worker=config.get("cpus_per_worker", 1.0),
                        max_failures=config.get("max_failures", DEFAULT_MAX_FAILURES))
     summary = run_and_log(config["trial"], config["uri"], trial_fn=trial_fn)
     tune.report({k: ("" if v is None else v) for k, v in summary.items()})
@@ -188,6 +207,6 @@ def check_workers(workers: int | None, executor: str | None) -> None:
         raise ValueError(f"--workers-per-trial {workers}: must be >= 1")
 
 
-__all__ = ["trial_resources", "measured_img_per_s", "gpu_hours", "resource_plan", "format_plan", "train_worker",
+__all__ = ["default_cpus_per_worker", "trial_resources", "measured_img_per_s", "gpu_hours", "resource_plan", "format_plan", "train_worker",
            "ray_train_trial", "train_driver", "default_workers", "check_workers", "PAPER_WORKERS",
            "DEFAULT_MAX_FAILURES", "RAY_TRAIN_ENV"]

@@ -89,6 +89,37 @@ def _d_summary(records: list[dict[str, Any]], prefix: str) -> dict[str, float | 
     return {"d_acc_balanced": accs[-1], "d_acc_balanced_late": sum(late) / len(late)}
 
 
+def _few_step_fd_cifar(trial: dict[str, Any], cfg, out: Path, metrics: dict, tags: dict) -> None:
+    """The spec's `fd_cifar` block for a distilled student: FD-CIFAR, KID-CIFAR and class accuracy (issue 16's offline
+    proxy, not FID) of its samples at each of `steps` (default: the stage's eval_steps) into `metrics`
+    (`fd_cifar_<n>`, `kid_cifar_<n>`, `class_acc_<n>`) and `<out>/fd_cifar_<n>.json`; guidance `cfg.eval_cfg`, as
+    the few-step MSE uses. A missing feature net leaves them out with a warning and the reason in `fd_cifar_note`."""
+    spec = trial.get("fd_cifar") or {}
+    if not spec.get("enabled"):
+        return
+    import json
+    import warnings
+
+    from evals import fid as fid_eval
+    from evals.feature_net import FeatureNetMissing
+
+    try:
+        space = fid_eval.CifarFeatureSpace()
+    except FeatureNetMissing as error:
+        warnings.warn(str(error))
+        tags["fd_cifar_note"] = f"missing: {str(error)[:300]}"
+        return
+    for n in spec.get("steps") or cfg.eval_steps:
+        result = fid_eval.cifar_metrics_of_run(out, num_samples=int(spec.get("num_samples", 1000)), sample_steps=int(n),
+                                               guidances=[float(cfg.eval_cfg)],
+                                               batch_size=int(spec.get("batch_size", 250)), space=space,
+                                               reference_limit=spec.get("reference_limit"))
+        metrics.update({f"{k}_{n}": result[k] for k in ("fd_cifar", "kid_cifar", "class_acc")})
+        (out / f"fd_cifar_{n}.json").write_text(json.dumps(result, indent=1))
+        tags["fd_cifar_note"] = (f"{fid_eval.PROXY_NOTE}; {result['num_samples']} samples at guidance "
+                                 f"{cfg.eval_cfg:g} vs. {result['reference']}; features {result['feature_extractor']}")
+
+
 def run_stage_trial(trial: dict[str, Any], callbacks=()) -> dict[str, Any]:
     """Train and evaluate one arm; live-tracked like `ablations.trial.run_trial` when `_tracking_uri` is set."""
     import traceback
@@ -127,6 +158,7 @@ def run_stage_trial(trial: dict[str, Any], callbacks=()) -> dict[str, Any]:
             metrics.update({k: v for k, v in result.items() if "_mse_vs_teacher_" in k})
             tags["metric_note"] = ("*_mse_vs_teacher_<n>: mean squared distance in [-1, 1] pixels to the teacher's "
                                    f"{cfg.reference_steps}-step samples from the same noise (a fidelity proxy, not FID)")
+            _few_step_fd_cifar(trial, cfg, out, metrics, tags)
         else:
             from snapgen.train_decoder import evaluate, train
 
@@ -144,9 +176,12 @@ def run_stage_trial(trial: dict[str, Any], callbacks=()) -> dict[str, Any]:
         records = read_metrics(out)
         last = _last(records)
         metrics.update(_d_summary(records, D_PREFIX[stage]))
+        # the optimizer steps this arm took: a time budget can stop arms at different steps, which the table flags
+        metrics["steps_trained"] = float(last["step"]) if isinstance(last.get("step"), int) else None
         metrics.update({k: last.get(k) for k in HISTORY[stage] if isinstance(last.get(k), (int, float))})
         history = [(k, float(r[k]), int(r["step"])) for r in records for k in HISTORY[stage] if k in r]
-        artifacts = [str(p) for p in (out / "config.yaml", out / "metrics.jsonl", out / "eval.json") if p.is_file()]
+        artifacts = [str(p) for p in (out / "config.yaml", out / "metrics.jsonl", out / "eval.json",
+                                      *sorted(out.glob("fd_cifar_*.json"))) if p.is_file()]
         artifacts += [str(p) for p in sorted((out / "samples").glob("*.png"))] if (out / "samples").is_dir() else []
     except BaseException as error:
         if live is not None and live.run_id is not None:

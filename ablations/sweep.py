@@ -315,7 +315,7 @@ def _exit_dead_cluster(message: str) -> None:
 
 def run_ray(trials: list[dict[str, Any]], uri: str | None = None, storage: str | Path | None = None,
             name: str = "sweep", workers_per_trial: int | None = None, gpus_per_worker: float = 1.0,
-            max_failures: int | None = None) -> list[dict[str, Any]]:
+            max_failures: int | None = None, cpus_per_worker: float | None = None) -> list[dict[str, Any]]:
     """The same trials as Ray Tune trials: one GPU each where GPUs exist, else one CPU, one at a time on CPU. With
     `workers_per_trial`, each trial is a Ray Train trial of that many workers (`ablations.distributed`)."""
     try:
@@ -339,9 +339,10 @@ def run_ray(trials: list[dict[str, Any]], uri: str | None = None, storage: str |
     if workers_per_trial:  # a light driver per trial; its TorchTrainer's workers reserve the CPUs and GPUs
         cluster = ray.cluster_resources()
         per_worker = gpus_per_worker if cluster.get("GPU", 0) else 0.0
-        plan = distributed.trial_resources(workers_per_trial, per_worker, cluster.get("GPU", 0), cluster.get("CPU", 1))
+        plan = distributed.trial_resources(workers_per_trial, per_worker, cluster.get("GPU", 0), cluster.get("CPU", 1),
+                                           cpus_per_worker)
         trainable, resources, concurrent = distributed.train_driver, {"cpu": distributed.DRIVER_CPUS}, plan["concurrent"]
-        space.update(workers=workers_per_trial, gpus_per_worker=per_worker,
+        space.update(workers=workers_per_trial, gpus_per_worker=per_worker, cpus_per_worker=plan["cpus_per_worker"],
                      max_failures=distributed.DEFAULT_MAX_FAILURES if max_failures is None else max_failures)
     label = {trial_hash(t): f"{t['step']}-s{t['seed']}-{trial_hash(t)}" for t in trials}
     tuner = tune.Tuner(
@@ -492,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run each trial as a Ray Train trial of N workers (DDP; default 8 at --scale paper)")
     parser.add_argument("--gpus-per-worker", type=float, default=1.0, metavar="G",
                         help="GPUs per Ray Train worker where the cluster has GPUs (default 1)")
+    parser.add_argument("--cpus-per-worker", type=float, default=None, metavar="C",
+                        help="CPUs a Ray Train worker reserves, which Ray also makes its torch thread count (default: "
+                             "its GPUs' share of the cluster's cores less one; 1 on a CPU cluster)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per trial (default: the spec's)")
     parser.add_argument("--spec", default=None, help="a spec file instead of ablations/specs/<sweep>.yaml")
     parser.add_argument("--out-root", default=str(DEFAULT_OUT_ROOT), help="trial directories go under here")
@@ -575,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     trials = [{**t, "_parent_run_id": parent_id} for t in trials]
     try:
         summaries = run_sweep(trials, args.executor, uri, **(
-            {"workers_per_trial": workers, "gpus_per_worker": args.gpus_per_worker} if workers else {}))
+            {"workers_per_trial": workers, "gpus_per_worker": args.gpus_per_worker,
+             "cpus_per_worker": args.cpus_per_worker} if workers else {}))
         if args.prune_checkpoints:
             status = {s["config_hash"]: s["status"] for s in summaries}
             for trial in trials:

@@ -44,6 +44,9 @@ def throughput(out: Path, batch: int, start: int, stop: int) -> dict:
 
     times = {r["step"]: r["time"] for r in runs.read_metrics(out) if "train_loss" in r}
     steps = sorted(s for s in times if start <= s <= stop)
+    if len(steps) < 2:  # the trial logs every 10 steps
+        raise SystemExit(f"ray_train_parity: steps {start}-{stop} hold {len(steps)} logged step(s) of {sorted(times)}; "
+                         f"widen --from/--to or raise --steps")
     windows = [(b - a) * batch / (times[b] - times[a]) for a, b in zip(steps, steps[1:])]
     return {"img_per_s": (steps[-1] - steps[0]) * batch / (times[steps[-1]] - times[steps[0]]),
             "img_per_s_median_window": statistics.median(windows), "timed_steps": [steps[0], steps[-1]]}
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", dest="stop", type=int, default=None, help="default: steps - 10 (the last record includes "
                                                                      "validation)")
     p.add_argument("--tolerance", type=float, default=0.02)
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="the Ray worker's CPUs (= its torch threads; default: the sweep's default)")
     p.add_argument("--tiny", action="store_true", help="width 32, 16x16, 64 images: a CPU check of the script")
     args = p.parse_args(argv)
     args.compile = {"false": False, "true": True, "null": None}.get(args.compile, args.compile)
@@ -94,8 +99,14 @@ def main(argv: list[str] | None = None) -> int:
              runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO_ROOT)),
                                        **distributed.RAY_TRAIN_ENV}})
     remote = make_trial(args, out / "ray")
+    gpus_per_worker = 1 if torch.cuda.is_available() else 0
+    cluster = ray.cluster_resources()
+    cpus_per_worker = args.cpus_per_worker or distributed.default_cpus_per_worker(
+        gpus_per_worker, cluster.get("GPU", 0), cluster.get("CPU", 1))
+    # the worker's torch threads are its reserved CPUs (Ray sets OMP_NUM_THREADS); the local trial's are torch's default
+    results["meta"].update(local_torch_threads=torch.get_num_threads(), ray_cpus_per_worker=cpus_per_worker)
     t0 = time.time()
-    distributed.ray_train_trial(remote, workers=1, gpus_per_worker=1 if torch.cuda.is_available() else 0)
+    distributed.ray_train_trial(remote, workers=1, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
     results["ray_train_1_worker"] = {**throughput(trial_dir(remote), args.batch, args.start, stop),
                                      "wall_s": time.time() - t0}
     ray.shutdown()
@@ -115,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     par = results["parity"]
     print(f"device {device}; {args.arch}, batch {args.batch}, {args.steps} steps, compile={args.compile}; "
           f"train_loss max rel diff {par['max_rel_diff']:.2e} over {par['steps_compared']} records "
-          f"(tolerance {args.tolerance}); Ray/local img/s {ratio:.3f} (target >= 0.95)")
+          f"(tolerance {args.tolerance}); Ray/local img/s {ratio:.3f} (target >= 0.95); torch threads local "
+          f"{results['meta']['local_torch_threads']}, Ray worker {cpus_per_worker:g} CPUs")
     return 0 if par["loss_ok"] and par["throughput_ok"] else 1
 
 

@@ -630,12 +630,15 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
 EXPERIMENT_ADVERSARIAL = "adversarial-ablation"
 OURS_ONLY_TABLES = ("adversarial",)  # tables without paper rows
 ADVERSARIAL_ARMS = (("step distillation", "adv"), ("step distillation", "adv_clean"), ("step distillation", "no_adv"),
-                    ("decoder", "gan"), ("decoder", "no_gan"))
-ADVERSARIAL_COLUMNS = {"d_acc": "d_acc_balanced_late", "adv_ratio": None, "mse_4": "fewstep_mse_vs_teacher_4",
-                       "mse_8": "fewstep_mse_vs_teacher_8", "fd_cifar_4": "fd_cifar_4", "fd_cifar_8": "fd_cifar_8",
-                       "psnr": "psnr", "psnr_photos": "psnr_photos", "lpips": "lpips"}
-COLUMN_FORMATS.update({"d_acc": ".3f", "adv_ratio": ".3f", "mse_4": ".4f", "mse_8": ".4f", "lpips": ".4f"})
-COLUMN_HEADERS.update({"arm": "arm", "d_acc": "D balanced acc (last 1/4)", "adv_ratio": "|∇adv| / |∇task|",
+                    ("decoder", "gan"), ("decoder", "gan_adaptive"), ("decoder", "no_gan"))
+ADVERSARIAL_COLUMNS = {"steps": "steps_trained", "d_acc": "d_acc_balanced_late", "adv_ratio": None,
+                       "mse_4": "fewstep_mse_vs_teacher_4", "mse_8": "fewstep_mse_vs_teacher_8",
+                       "fd_cifar_4": "fd_cifar_4", "fd_cifar_8": "fd_cifar_8", "psnr": "psnr",
+                       "psnr_photos": "psnr_photos", "lpips": "lpips"}
+COLUMN_FORMATS.update({"steps": ".0f", "d_acc": ".3f", "adv_ratio": ".3f", "mse_4": ".4f", "mse_8": ".4f",
+                       "lpips": ".4f"})
+COLUMN_HEADERS.update({"arm": "arm", "steps": "steps", "d_acc": "D balanced acc (last 1/4)",
+                       "adv_ratio": "|∇adv| / |∇task|",
                        "mse_4": "MSE vs teacher, 4 steps", "mse_8": "MSE vs teacher, 8 steps",
                        "fd_cifar_4": "FD-CIFAR 4 steps", "fd_cifar_8": "FD-CIFAR 8 steps",
                        "psnr_photos": "PSNR photos", "lpips": "LPIPS"})
@@ -661,6 +664,12 @@ def adversarial_table(efficiency_only: bool = False, tracking_uri: str | None = 
                 row[column] = run.get(metric)
             row["adv_ratio"] = run.get("g_adv_grad_ratio", run.get("train_adv_grad_ratio"))
         rows.append(row)
+    for stage in dict.fromkeys(stage for stage, _ in ADVERSARIAL_ARMS):
+        steps = {r["arm"]: r["steps"] for r in rows if r["stage"] == stage and r["steps"] is not None}
+        if len(set(steps.values())) > 1:  # a time budget stopped the arms at different steps
+            table.footnotes.append(f"{stage}: the arms trained unequal steps ("
+                                   + ", ".join(f"{a} {s:.0f}" for a, s in steps.items())
+                                   + "): their difference mixes the term's effect with the budget's")
     table.frame = pd.DataFrame(rows)
     table.footnotes.append("MSE vs teacher: to the teacher's 30-step samples from the same noise, [-1, 1] pixels "
                            "(a proxy, not FID); D balanced acc: (acc_real + acc_fake) / 2, 0.5 = chance; PSNR on "

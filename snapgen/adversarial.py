@@ -66,6 +66,19 @@ def r1_penalty(real_logits: Tensor, real_input: Tensor) -> Tensor:
     return grad.float().pow(2).flatten(1).sum(1).mean()
 
 
+def adaptive_weight(task_loss: Tensor, adv_loss: Tensor, output: Tensor, max_weight: float = 1e4) -> Tensor:
+    """The adaptive adversarial weight of taming-transformers' VQGAN (Esser et al. 2021, Eq. 7 there):
+    lambda = |grad L_task| / (|grad L_adv| + 1e-8), here at the generator's output rather than its last layer, clamped
+    to [0, max_weight] and detached. Scaling L_adv by it makes the adversarial gradient at `output` the task
+    gradient's size, so a weight w on top sets their ratio to w. The decoder's fixed weight 0.1 gave a ratio of 139 on
+    the H200 (`reports/results/adversarial/`), and its D fell to chance within 25 steps of the term starting.
+
+    Two `autograd.grad` calls that stop at `output`: the decoder's own backward is not repeated."""
+    task_grad, = torch.autograd.grad(task_loss, output, retain_graph=True)
+    adv_grad, = torch.autograd.grad(adv_loss, output, retain_graph=True)
+    return (task_grad.float().norm() / (adv_grad.float().norm() + 1e-8)).clamp(0.0, max_weight).detach()
+
+
 class GradProbe:
     """Norms of two loss terms' gradients at one tensor (the generator's output), from the one backward pass.
 
@@ -125,4 +138,4 @@ class ChanceWatch:
         return ""
 
 
-__all__ = ["GAN_LOSSES", "gan_d_loss", "gan_g_loss", "d_diagnostics", "r1_penalty", "GradProbe", "ChanceWatch"]
+__all__ = ["GAN_LOSSES", "gan_d_loss", "gan_g_loss", "d_diagnostics", "r1_penalty", "adaptive_weight", "GradProbe", "ChanceWatch"]

@@ -12,7 +12,8 @@ the encoder is fixed. The decoder is trained on 256^2 image patches with a batch
   in taming-transformers' VQGAN), which is trained with the hinge loss (`snapgen.adversarial.gan_d_loss`).
 - What the paper leaves open ("adversarial loss [23]"), as options (our defaults): the GAN loss `gan_loss` ('hinge',
   taming's VQGAN; 'nonsaturating' = the log form), its weight `gan_weight` = 0.1 (0 = no discriminator: the
-  ablation's "without" arm) and start `gan_start`, D's learning rate `disc_lr` = the decoder's and `disc_warmup` = 0
+  ablation's "without" arm), fixed or, with `gan_adaptive`, times VQGAN's adaptive weight (off by default), and start
+  `gan_start`, D's learning rate `disc_lr` = the decoder's and `disc_warmup` = 0
   (steps D trains alone before the adversarial term reaches the decoder), and the PatchGAN's regulariser:
   `spectral_norm` (every conv, Miyato et al. 2018) and/or an R1 penalty on real patches `r1_weight` (Mescheder et al.
   2018); both off by default, as in taming-transformers.
@@ -45,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adversarial import GAN_LOSSES, ChanceWatch, GradProbe, d_diagnostics, gan_d_loss, gan_g_loss, r1_penalty
+from .adversarial import (GAN_LOSSES, ChanceWatch, GradProbe, adaptive_weight, d_diagnostics, gan_d_loss, gan_g_loss,
+                          r1_penalty)
 from .config import load_yaml, preset_config, stable_hash
 from .models.autoencoders import ENCODERS, load_frozen_encoder
 from .models.decoder import TinyDecoder, decoder_config
@@ -72,6 +74,7 @@ class DecoderTrainConfig(EngineOptions):
     lpips_weight: float = 1.0
     lpips_net: str = "alex"          # LPIPS backbone: alex (lpips default) | squeeze | vgg
     gan_weight: float = 0.1          # 0 = no discriminator at all (the ablation's "without GAN" arm)
+    gan_adaptive: bool = False       # gan_weight x VQGAN's adaptive weight (|grad task| / |grad adv| at the output)
     gan_start: int = 0               # step from which the adversarial term reaches the decoder
     gan_loss: str = "hinge"          # 'hinge' (taming's VQGAN) or 'nonsaturating' (the log form)
     disc_warmup: int = 0             # steps D trains alone before gan_start (its phase starts at gan_start - disc_warmup)
@@ -98,8 +101,9 @@ class DecoderTrainConfig(EngineOptions):
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0")
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss={self.gan_loss!r}; valid choices: {', '.join(GAN_LOSSES)}")
-        if not isinstance(self.spectral_norm, bool):
-            raise ValueError(f"spectral_norm={self.spectral_norm!r} must be true or false")
+        for name in ("spectral_norm", "gan_adaptive"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
         for name in ("gan_start", "mse_weight", "lpips_weight", "gan_weight", "disc_warmup", "r1_weight",
                      "chance_window"):
             if getattr(self, name) < 0:
@@ -190,15 +194,16 @@ def load_lpips(net: str = "alex") -> tuple[nn.Module | None, str]:
 def decoder_losses(reconstruction: torch.Tensor, target: torch.Tensor, cfg: DecoderTrainConfig,
                    lpips_model: nn.Module | None, discriminator: nn.Module | None) -> dict[str, torch.Tensor]:
     """The decoder's loss (Sec. 3.2): w_mse MSE + w_lpips LPIPS + w_gan GAN-G (`cfg.gan_loss`); no KL (the encoder
-    is fixed).
+    is fixed). With `cfg.gan_adaptive`, w_gan is gan_weight x `adaptive_weight` (VQGAN's balance of the two gradients).
 
     Args:
         reconstruction, target (`torch.Tensor` of shape `(B, 3, H, W)`, in [-1, 1]).
         lpips_model: None when LPIPS is off. discriminator: None before `gan_start`.
 
     Returns:
-        `dict(loss, mse, lpips?, g_adv?, logit_fake?, adv_grad?, task_grad?, adv_grad_ratio?)` of fp32 scalars (the
-        gradient norms at the reconstruction are filled in by the backward pass: `snapgen.adversarial.GradProbe`).
+        `dict(loss, mse, lpips?, g_adv?, logit_fake?, gan_scale?, adv_grad?, task_grad?, adv_grad_ratio?)` of fp32
+        scalars (gan_scale: the adaptive w_gan; the gradient norms at the reconstruction are filled in by the
+        backward pass: `snapgen.adversarial.GradProbe`).
     """
     adversarial = discriminator is not None and bool(cfg.gan_weight)
     probe = GradProbe(reconstruction.device) if adversarial else None
@@ -213,8 +218,12 @@ def decoder_losses(reconstruction: torch.Tensor, target: torch.Tensor, cfg: Deco
         logits = discriminator(rec_adv).float()
         terms["g_adv"] = gan_g_loss(logits, cfg.gan_loss)
         terms["logit_fake"] = logits.detach().mean()
+        weight = cfg.gan_weight
+        if cfg.gan_adaptive:
+            weight = weight * adaptive_weight(loss, terms["g_adv"], reconstruction)
+            terms["gan_scale"] = weight
         terms.update(probe.metrics())
-        loss = loss + cfg.gan_weight * terms["g_adv"]
+        loss = loss + weight * terms["g_adv"]
     terms["loss"] = loss
     return terms
 

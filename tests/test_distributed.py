@@ -168,3 +168,23 @@ def test_dry_run_prints_the_resource_plan(tmp_path, capsys):
     with pytest.raises(ValueError, match="--executor ray"):
         sweep.main(["unet", "--spec", str(tmp_path / "spec.yaml"), "--executor", "local", "--workers-per-trial", "2",
                     "--dry-run"])
+
+
+def test_workers_reserve_their_gpus_share_of_cores():
+    """A GPU worker reserves its GPUs' share of the cores less one (Ray makes the reservation its torch thread count:
+    with one CPU the H200 trial ran 5% slower than the local one); a CPU worker one core; the plan's concurrency
+    counts them, and a reservation that cannot be met names the numbers."""
+    from ablations import distributed
+
+    node = distributed.trial_resources(1, 1.0, cluster_gpus=1, cluster_cpus=16)
+    assert node["cpus_per_worker"] == 15 and node["concurrent"] == 1
+    eight = distributed.trial_resources(1, 1.0, cluster_gpus=8, cluster_cpus=128)
+    assert eight["cpus_per_worker"] == 15 and eight["concurrent"] == 8  # every GPU busy, the drivers still fit
+    wide = distributed.trial_resources(8, 1.0, cluster_gpus=16, cluster_cpus=256)
+    assert wide["cpus"] == 8 * 15 and wide["concurrent"] == 2
+    assert distributed.trial_resources(2, 0.0, cluster_gpus=0, cluster_cpus=4)["cpus_per_worker"] == 1
+    assert distributed.trial_resources(1, 1.0, 1, 16, cpus_per_worker=4)["cpus"] == 4
+    with pytest.raises(ValueError, match="--cpus-per-worker 0.5"):
+        distributed.trial_resources(1, 1.0, 1, 16, cpus_per_worker=0.5)
+    with pytest.raises(ValueError, match="needs 32.01 CPUs"):
+        distributed.trial_resources(2, 1.0, 2, 16, cpus_per_worker=16)

@@ -201,12 +201,20 @@ def test_adversarial_table_reads_the_arms(tmp_path):
     try:
         mlflow.set_experiment(tables.EXPERIMENT_ADVERSARIAL)
         with mlflow.start_run(run_name="adv", tags={"scale": "small"}):
-            mlflow.log_metrics({"d_acc_balanced_late": 0.71, "g_adv_grad_ratio": 0.2, "fewstep_mse_vs_teacher_4": 0.02})
+            mlflow.log_metrics({"d_acc_balanced_late": 0.71, "g_adv_grad_ratio": 0.2, "fewstep_mse_vs_teacher_4": 0.02,
+                                "steps_trained": 108})
+        with mlflow.start_run(run_name="no_adv", tags={"scale": "small"}):
+            mlflow.log_metrics({"fewstep_mse_vs_teacher_4": 0.03, "steps_trained": 222})
         with mlflow.start_run(run_name="no_gan", tags={"scale": "small"}):
-            mlflow.log_metrics({"psnr": 40.5})
+            mlflow.log_metrics({"psnr": 40.5, "steps_trained": 3000})
     finally:
         mlflow.set_tracking_uri(None)
-    frame = tables.adversarial_table(tracking_uri=uri, scale="small").frame.set_index("arm")
+    table = tables.adversarial_table(tracking_uri=uri, scale="small")
+    frame = table.frame.set_index("arm")
+    # arms a time budget stopped at different steps are flagged; a stage with one finished arm is not
+    assert frame.loc["adv", "steps"] == 108 and frame.loc["no_adv", "steps"] == 222
+    unequal = [f for f in table.footnotes if "unequal steps" in f]
+    assert len(unequal) == 1 and "adv 108, no_adv 222" in unequal[0] and unequal[0].startswith("step distillation")
     assert frame.loc["adv", "d_acc"] == pytest.approx(0.71) and frame.loc["adv", "adv_ratio"] == pytest.approx(0.2)
     assert frame.loc["adv", "mse_4"] == pytest.approx(0.02) and frame.loc["no_gan", "psnr"] == pytest.approx(40.5)
     assert pd.isna(frame.loc["gan", "psnr"])  # no such run: missing, with a footnote

@@ -5,6 +5,7 @@ The trials really train (3 steps at width 32, 16x16) and profile the trained net
 training (their fresh MLflow stores then get the history by the live run's backfill from metrics.jsonl).
 """
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -198,7 +199,8 @@ def test_adversarial_specs_plan_one_trial_per_arm_of_another_stage(tmp_path):
             (1.0, "next"), (0.0, "next"), (1.0, "clean")]
         assert student_config(distill[0]) == student_config(distill[1])  # both arms distil the same student
         decoder = sweep.plan(sweep.load_spec("adversarial_decoder"), scale)
-        assert [stage_config(t).gan_weight for t in decoder] == [0.1, 0.0]
+        assert [(stage_config(t).gan_weight, stage_config(t).gan_adaptive) for t in decoder] == [
+            (0.1, False), (0.5, True), (0.0, False)]
     assert student_config(sweep.plan(sweep.load_spec("adversarial_step_distill"), "small")[0]).autoencoder == "taesd3"
     with pytest.raises(ValueError, match="d_noise"):
         stage_config({**distill[0], "arm": {"d_noise": "loud"}})
@@ -207,3 +209,29 @@ def test_adversarial_specs_plan_one_trial_per_arm_of_another_stage(tmp_path):
                                    "scales": {"smoke": {}}}))
     with pytest.raises(ValueError, match="arms"):
         sweep.load_spec(bad)
+
+
+def test_adversarial_smoke_sweeps_run_end_to_end_and_tabulate(tmp_path, mlflow_uri, monkeypatch):
+    """Both adversarial specs run through the sweep at smoke scale (the stage trials: a shared student and teacher,
+    the PatchGAN arms), log to MLflow, and tabulate: equal steps per arm, D diagnostics where a D exists, FD-CIFAR of
+    the 4- and 8-step students, PSNR of the decoders."""
+    from evals import feature_net
+    from reports import tables
+
+    if not feature_net.DEFAULT_WEIGHTS.is_file():
+        pytest.skip(f"{feature_net.DEFAULT_WEIGHTS} is not committed")
+    monkeypatch.setenv("SNAPGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SNAPGEN_WEIGHTS", str(tmp_path / "no_weights"))  # no LPIPS backbone: MSE + GAN
+    root = tmp_path / "runs"
+    for name, arms in (("adversarial_step_distill", ["adv", "no_adv"]), ("adversarial_decoder", ["gan_adaptive", "no_gan"])):
+        assert sweep.main([name, "--scale", "smoke", "--no-progress", "--out-root", str(root), "--tracking-uri",
+                           mlflow_uri, "--only", *arms]) == 0
+    table = tables.adversarial_table(tracking_uri=mlflow_uri, scale="smoke")
+    frame = table.frame.set_index("arm")
+    assert list(frame.loc[["adv", "no_adv", "gan_adaptive", "no_gan"], "steps"]) == [4, 4, 4, 4]
+    assert not [f for f in table.footnotes if "unequal steps" in f]
+    assert 0 <= frame.loc["adv", "d_acc"] <= 1 and pd.isna(frame.loc["no_adv", "d_acc"])
+    assert frame.loc["gan_adaptive", "adv_ratio"] == pytest.approx(0.5, rel=1e-3)  # the adaptive weight's balance
+    for arm in ("adv", "no_adv"):
+        assert frame.loc[arm, "fd_cifar_4"] > 0 and frame.loc[arm, "fd_cifar_8"] > 0 and frame.loc[arm, "mse_4"] > 0
+    assert frame.loc["gan_adaptive", "psnr"] > 0 and frame.loc["no_gan", "psnr"] > 0

@@ -173,3 +173,23 @@ def test_patchgan_options_and_without_gan(tmp_path):
                        (dict(disc_warmup=-2), "disc_warmup")):
         with pytest.raises(ValueError, match=match):
             td.make_config("smoke", **bad)
+
+
+def test_adaptive_gan_weight_sets_the_gradient_ratio():
+    """gan_adaptive: the adversarial gradient at the reconstruction is gan_weight times the task gradient (VQGAN's
+    adaptive weight), whatever D's scale; the fixed weight leaves the ratio to D (it was 139 on the H200)."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 32, 32) * 2 - 1
+    disc = td.PatchDiscriminator(8, 2)
+    ratios = {}
+    for adaptive in (False, True):
+        cfg = td.make_config("smoke", resolution=32, gan_weight=0.5, gan_adaptive=adaptive)
+        reconstruction = (target + 0.1 * torch.randn_like(target)).requires_grad_(True)
+        terms = td.decoder_losses(reconstruction, target, cfg, None, disc)
+        terms["loss"].backward()
+        ratios[adaptive] = float(terms["adv_grad_ratio"])
+        assert terms["adv_grad"] > 0 and terms["task_grad"] > 0
+    assert ratios[True] == pytest.approx(0.5, rel=1e-4)
+    assert abs(ratios[False] - 0.5) > 0.05  # a different balance without it: the test can fail
+    with pytest.raises(ValueError, match="gan_adaptive"):
+        td.make_config("smoke", gan_adaptive="yes")
