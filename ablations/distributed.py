@@ -39,8 +39,8 @@ SPEED_SETTING = "snapgen-imagenet +compile"  # the measured img/s the plan's GPU
 def default_cpus_per_worker(gpus_per_worker: float, cluster_gpus: float, cluster_cpus: float) -> float:
     """CPUs a worker reserves when --cpus-per-worker is not given: a GPU worker gets its GPUs' share of the cluster's
     cores (less a whole core, for the trials' drivers and Ray's own processes), a CPU worker one core. Ray sets a
-    worker's OMP_NUM_THREADS (so torch's thread count) to the CPUs it reserves: one CPU made the 1-worker Ray trial
-    5% slower than the local process on the H200 (reports/results/ray_train/)."""
+    worker's OMP_NUM_THREADS (so torch's thread count) to the CPUs it reserves. With one CPU, the 1-worker Ray trial
+    on the H200 ran 5% slower than the local process with 16 threads (reports/results/ray_train/)."""
     if not (gpus_per_worker and cluster_gpus):
         return 1.0
     return float(max(1, int(cluster_cpus / cluster_gpus * gpus_per_worker) - 1))
@@ -207,6 +207,6 @@ def check_workers(workers: int | None, executor: str | None) -> None:
         raise ValueError(f"--workers-per-trial {workers}: must be >= 1")
 
 
-__all__ = ["default_cpus_per_worker", "trial_resources", "measured_img_per_s", "gpu_hours", "resource_plan", "format_plan", "train_worker",
-           "ray_train_trial", "train_driver", "default_workers", "check_workers", "PAPER_WORKERS",
-           "DEFAULT_MAX_FAILURES", "RAY_TRAIN_ENV"]
+__all__ = ["default_cpus_per_worker", "trial_resources", "measured_img_per_s", "gpu_hours", "resource_plan",
+           "format_plan", "train_worker", "ray_train_trial", "train_driver", "default_workers", "check_workers",
+           "PAPER_WORKERS", "DEFAULT_MAX_FAILURES", "RAY_TRAIN_ENV"]

@@ -138,4 +138,5 @@ class ChanceWatch:
         return ""
 
 
-__all__ = ["GAN_LOSSES", "gan_d_loss", "gan_g_loss", "d_diagnostics", "r1_penalty", "adaptive_weight", "GradProbe", "ChanceWatch"]
+__all__ = ["GAN_LOSSES", "gan_d_loss", "gan_g_loss", "d_diagnostics", "r1_penalty", "adaptive_weight", "GradProbe",
+           "ChanceWatch"]

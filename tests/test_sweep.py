@@ -223,7 +223,8 @@ def test_adversarial_smoke_sweeps_run_end_to_end_and_tabulate(tmp_path, mlflow_u
     monkeypatch.setenv("SNAPGEN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("SNAPGEN_WEIGHTS", str(tmp_path / "no_weights"))  # no LPIPS backbone: MSE + GAN
     root = tmp_path / "runs"
-    for name, arms in (("adversarial_step_distill", ["adv", "no_adv"]), ("adversarial_decoder", ["gan_adaptive", "no_gan"])):
+    for name, arms in (("adversarial_step_distill", ["adv", "no_adv"]),
+                       ("adversarial_decoder", ["gan_adaptive", "no_gan"])):
         assert sweep.main([name, "--scale", "smoke", "--no-progress", "--out-root", str(root), "--tracking-uri",
                            mlflow_uri, "--only", *arms]) == 0
     table = tables.adversarial_table(tracking_uri=mlflow_uri, scale="smoke")
