@@ -89,6 +89,22 @@ def _d_summary(records: list[dict[str, Any]], prefix: str) -> dict[str, float | 
     return {"d_acc_balanced": accs[-1], "d_acc_balanced_late": sum(late) / len(late)}
 
 
+def _feature_space(tags: dict):
+    """The committed CIFAR-10 feature net (`evals.fid.CifarFeatureSpace`), or None with a warning and the reason in
+    the tag `fd_cifar_note` when its weights are missing."""
+    import warnings
+
+    from evals import fid as fid_eval
+    from evals.feature_net import FeatureNetMissing
+
+    try:
+        return fid_eval.CifarFeatureSpace()
+    except FeatureNetMissing as error:
+        warnings.warn(str(error))
+        tags["fd_cifar_note"] = f"missing: {str(error)[:300]}"
+        return None
+
+
 def _few_step_fd_cifar(trial: dict[str, Any], cfg, out: Path, metrics: dict, tags: dict) -> None:
     """The spec's `fd_cifar` block for a distilled student: FD-CIFAR, KID-CIFAR and class accuracy (issue 16's offline
     proxy, not FID) of its samples at each of `steps` (default: the stage's eval_steps) into `metrics`
@@ -98,26 +114,36 @@ def _few_step_fd_cifar(trial: dict[str, Any], cfg, out: Path, metrics: dict, tag
     if not spec.get("enabled"):
         return
     import json
-    import warnings
 
     from evals import fid as fid_eval
-    from evals.feature_net import FeatureNetMissing
 
-    try:
-        space = fid_eval.CifarFeatureSpace()
-    except FeatureNetMissing as error:
-        warnings.warn(str(error))
-        tags["fd_cifar_note"] = f"missing: {str(error)[:300]}"
+    space = _feature_space(tags)
+    if space is None:
         return
     for n in spec.get("steps") or cfg.eval_steps:
-        result = fid_eval.cifar_metrics_of_run(out, num_samples=int(spec.get("num_samples", 1000)), sample_steps=int(n),
-                                               guidances=[float(cfg.eval_cfg)],
+        result = fid_eval.cifar_metrics_of_run(out, num_samples=int(spec.get("num_samples", 1000)),
+                                               sample_steps=int(n), guidances=[float(cfg.eval_cfg)],
                                                batch_size=int(spec.get("batch_size", 250)), space=space,
                                                reference_limit=spec.get("reference_limit"))
         metrics.update({f"{k}_{n}": result[k] for k in ("fd_cifar", "kid_cifar", "class_acc")})
         (out / f"fd_cifar_{n}.json").write_text(json.dumps(result, indent=1))
         tags["fd_cifar_note"] = (f"{fid_eval.PROXY_NOTE}; {result['num_samples']} samples at guidance "
                                  f"{cfg.eval_cfg:g} vs. {result['reference']}; features {result['feature_extractor']}")
+
+
+def _reconstruction_fd_cifar(images: dict, suffix: str, metrics: dict, tags: dict) -> None:
+    """FD-CIFAR and KID-CIFAR (issue 16's offline proxy, not FID) of a decoder's reconstructions against the held-out
+    images they reconstruct: how far the decoder moves them in the CIFAR-10 net's features, where PSNR only counts
+    pixels. Into `fd_cifar_rec<suffix>`, `kid_cifar_rec<suffix>`."""
+    from evals import fid as fid_eval
+
+    space = _feature_space(tags)
+    if space is None:
+        return
+    result = fid_eval.cifar_metrics_of_images(images["ours"], images["target"], "the held-out originals", space)
+    metrics.update({f"fd_cifar_rec{suffix}": result["fd_cifar"], f"kid_cifar_rec{suffix}": result["kid_cifar"]})
+    tags["fd_cifar_note"] = (f"{fid_eval.PROXY_NOTE}; {result['num_samples']} reconstructions vs. the held-out "
+                             f"originals; features {result['feature_extractor']}")
 
 
 def run_stage_trial(trial: dict[str, Any], callbacks=()) -> dict[str, Any]:
@@ -169,10 +195,13 @@ def run_stage_trial(trial: dict[str, Any], callbacks=()) -> dict[str, Any]:
                 if suffix and not (images and Path(images).is_dir()):
                     continue
                 report = evaluate(out, images=images, resolution=int(spec.get("resolution", cfg.resolution)),
-                                  limit=spec.get("limit"), out=out / f"eval{suffix or '_cifar'}", peers=False)
+                                  limit=spec.get("limit"), out=out / f"eval{suffix or '_cifar'}", peers=False,
+                                  return_images=bool((trial.get("fd_cifar") or {}).get("enabled")))
                 metrics.update({f"{k}{suffix}": v for k, v in report["decoders"]["ours"].items()
                                 if k in ("psnr", "ssim", "lpips")})
                 tags[f"eval_set{suffix}"] = report["eval_set"]
+                if "images" in report:
+                    _reconstruction_fd_cifar(report["images"], suffix, metrics, tags)
         records = read_metrics(out)
         last = _last(records)
         metrics.update(_d_summary(records, D_PREFIX[stage]))

@@ -634,14 +634,14 @@ ADVERSARIAL_ARMS = (("step distillation", "adv"), ("step distillation", "adv_cle
 ADVERSARIAL_COLUMNS = {"steps": "steps_trained", "d_acc": "d_acc_balanced_late", "adv_ratio": None,
                        "mse_4": "fewstep_mse_vs_teacher_4", "mse_8": "fewstep_mse_vs_teacher_8",
                        "fd_cifar_4": "fd_cifar_4", "fd_cifar_8": "fd_cifar_8", "psnr": "psnr",
-                       "psnr_photos": "psnr_photos", "lpips": "lpips"}
+                       "psnr_photos": "psnr_photos", "lpips": "lpips", "fd_cifar_rec": "fd_cifar_rec"}
 COLUMN_FORMATS.update({"steps": ".0f", "d_acc": ".3f", "adv_ratio": ".3f", "mse_4": ".4f", "mse_8": ".4f",
                        "lpips": ".4f"})
 COLUMN_HEADERS.update({"arm": "arm", "steps": "steps", "d_acc": "D balanced acc (last 1/4)",
                        "adv_ratio": "|∇adv| / |∇task|",
                        "mse_4": "MSE vs teacher, 4 steps", "mse_8": "MSE vs teacher, 8 steps",
                        "fd_cifar_4": "FD-CIFAR 4 steps", "fd_cifar_8": "FD-CIFAR 8 steps",
-                       "psnr_photos": "PSNR photos", "lpips": "LPIPS"})
+                       "psnr_photos": "PSNR photos", "lpips": "LPIPS", "fd_cifar_rec": "FD-CIFAR rec. vs originals"})
 
 
 def adversarial_table(efficiency_only: bool = False, tracking_uri: str | None = None, scale: str | None = None) -> Table:
@@ -673,7 +673,10 @@ def adversarial_table(efficiency_only: bool = False, tracking_uri: str | None = 
     table.frame = pd.DataFrame(rows)
     table.footnotes.append("MSE vs teacher: to the teacher's 30-step samples from the same noise, [-1, 1] pixels "
                            "(a proxy, not FID); D balanced acc: (acc_real + acc_fake) / 2, 0.5 = chance; PSNR on "
-                           "held-out CIFAR-10 upsampled to 256^2 (and the photos of $SNAPGEN_PHOTOS)")
+                           "held-out CIFAR-10 upsampled to the spec's eval resolution (256^2 at small; the run's "
+                           "eval_set tag) and the photos of $SNAPGEN_PHOTOS; FD-CIFAR: our "
+                           "CIFAR-10 net's features (a proxy, not FID), of the few-step samples vs. CIFAR-10 train, and "
+                           "of the decoder's reconstructions vs. the originals they reconstruct")
     return table
 
 

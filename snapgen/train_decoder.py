@@ -487,7 +487,7 @@ def peer_decoders(device: torch.device) -> tuple[dict[str, nn.Module], dict[str,
 
 def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256, limit: int | None = None,
              encoder: str = "taesd3", batch_size: int = 8, out: str | Path | None = None, peers: bool = True,
-             log_mlflow: bool = False) -> dict[str, Any]:
+             log_mlflow: bool = False, return_images: bool = False) -> dict[str, Any]:
     """Reconstruction quality of our decoder (and peers) on the same frozen-encoder latents; writes `eval.json`.
 
     Args:
@@ -499,9 +499,11 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
         peers: also evaluate TAESD3's and the SD3 decoder when their weights exist.
         log_mlflow: log one run per decoder to the MLflow experiment 'decoder' (run names: the arch, 'taesd3',
             'sd3'), metrics psnr/ssim/lpips/params_m (+ gflops for ours), the schema `reports.tables` reads.
+        return_images: also return `images={"target", "ours"}`, uint8 (N, R, R, 3), for metrics computed elsewhere
+            (not written to eval.json).
 
     Returns:
-        `dict(arch, eval_set, encoder, decoders={name: metrics}, notes)`.
+        `dict(arch, eval_set, encoder, decoders={name: metrics}, notes[, images])`.
     """
     from . import profile, tracking
 
@@ -543,6 +545,11 @@ def evaluate(ckpt: str | Path, images: str | None = None, resolution: int = 256,
         for name, metrics in results.items():
             tracking.log_eval_run("decoder", arch if name == "ours" else name, metrics=metrics,
                                   tags={"eval_set": eval_set, "encoder": encoder, "decoder_dir": str(dec_dir)})
+    if return_images:
+        def to_uint8(t: torch.Tensor) -> np.ndarray:
+            return ((t.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+        report["images"] = {"target": to_uint8(x), "ours": to_uint8(torch.cat(recs["ours"]))}
     return report
 
 

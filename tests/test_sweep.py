@@ -236,3 +236,4 @@ def test_adversarial_smoke_sweeps_run_end_to_end_and_tabulate(tmp_path, mlflow_u
     for arm in ("adv", "no_adv"):
         assert frame.loc[arm, "fd_cifar_4"] > 0 and frame.loc[arm, "fd_cifar_8"] > 0 and frame.loc[arm, "mse_4"] > 0
     assert frame.loc["gan_adaptive", "psnr"] > 0 and frame.loc["no_gan", "psnr"] > 0
+    assert frame.loc["gan_adaptive", "fd_cifar_rec"] > 0 and frame.loc["no_gan", "fd_cifar_rec"] > 0
