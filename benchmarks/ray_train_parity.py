@@ -106,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     # the worker's torch threads are its reserved CPUs (Ray sets OMP_NUM_THREADS); the local trial's are torch's default
     results["meta"].update(local_torch_threads=torch.get_num_threads(), ray_cpus_per_worker=cpus_per_worker)
     t0 = time.time()
-    distributed.ray_train_trial(remote, workers=1, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+    remote_result = distributed.ray_train_trial(remote, workers=1, gpus_per_worker=gpus_per_worker,
+                                                cpus_per_worker=cpus_per_worker)
     results["ray_train_1_worker"] = {**throughput(trial_dir(remote), args.batch, args.start, stop),
-                                     "wall_s": time.time() - t0}
+                                     "wall_s": time.time() - t0,
+                                     "worker_torch_threads": remote_result["tags"].get("torch_threads")}
     ray.shutdown()
 
     a, b = losses(trial_dir(local)), losses(trial_dir(remote))
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device}; {args.arch}, batch {args.batch}, {args.steps} steps, compile={args.compile}; "
           f"train_loss max rel diff {par['max_rel_diff']:.2e} over {par['steps_compared']} records "
           f"(tolerance {args.tolerance}); Ray/local img/s {ratio:.3f} (target >= 0.95); torch threads local "
-          f"{results['meta']['local_torch_threads']}, Ray worker {cpus_per_worker:g} CPUs")
+          f"{results['meta']['local_torch_threads']}, Ray worker {cpus_per_worker:g} CPUs "
+          f"({results['ray_train_1_worker']['worker_torch_threads']} torch threads)")
     return 0 if par["loss_ok"] and par["throughput_ok"] else 1
 
 

@@ -111,6 +111,8 @@ def test_two_ray_train_workers_match_one_process(killed_two_worker_trial):
     c, found = _runs_of(t["uri"], trial_hash(t["trial"]))
     assert len(found) == 1 and found[0].info.status == "FINISHED"
     assert found[0].info.run_id == t["summary"]["run_id"]
+    # Ray made the worker's torch thread count its reserved CPUs (one, the CPU-cluster default), whatever the host has
+    assert found[0].data.tags["torch_threads"] == "1"
 
 
 def test_killed_worker_restarts_resumes_and_logs_each_step_once(killed_two_worker_trial):
