@@ -629,8 +629,18 @@ def fig3_table(efficiency_only: bool = False, tracking_uri: str | None = None, s
 
 EXPERIMENT_ADVERSARIAL = "adversarial-ablation"
 OURS_ONLY_TABLES = ("adversarial",)  # tables without paper rows
-ADVERSARIAL_ARMS = (("step distillation", "adv"), ("step distillation", "adv_clean"), ("step distillation", "no_adv"),
-                    ("decoder", "gan"), ("decoder", "gan_adaptive"), ("decoder", "no_gan"))
+ADVERSARIAL_SPECS = (("step distillation", "adversarial_step_distill"), ("decoder", "adversarial_decoder"))
+
+
+def adversarial_arms() -> list[tuple[str, str]]:
+    """(stage, arm) of every arm of the two adversarial specs (the arms live there only), in the specs' order but
+    with each stage's baseline (`no_*`, no discriminator) last, below the arms it is compared with."""
+    from ablations.sweep import load_spec
+
+    return [(stage, arm) for stage, name in ADVERSARIAL_SPECS
+            for arm in sorted(load_spec(name)["arms"], key=lambda a: a.startswith("no_"))]
+
+
 ADVERSARIAL_COLUMNS = {"steps": "steps_trained", "d_acc": "d_acc_balanced_late", "adv_ratio": None,
                        "mse_4": "fewstep_mse_vs_teacher_4", "mse_8": "fewstep_mse_vs_teacher_8",
                        "fd_cifar_4": "fd_cifar_4", "fd_cifar_8": "fd_cifar_8", "psnr": "psnr",
@@ -650,8 +660,8 @@ def adversarial_table(efficiency_only: bool = False, tracking_uri: str | None = 
     table = Table("adversarial", "Adversarial terms, with vs without (ours; the paper reports no such ablation)",
                   key="arm")
     runs, why = read_mlflow_runs(EXPERIMENT_ADVERSARIAL, tracking_uri)
-    rows = []
-    for stage, arm in ADVERSARIAL_ARMS:
+    rows, arms = [], adversarial_arms()
+    for stage, arm in arms:
         row = {"stage": stage, "arm": arm, **{c: None for c in ADVERSARIAL_COLUMNS}, "source": "ours"}
         run = runs.get(arm)
         if efficiency_only or run is None or (scale and run.get("_tag_scale") != scale):
@@ -664,7 +674,7 @@ def adversarial_table(efficiency_only: bool = False, tracking_uri: str | None = 
                 row[column] = run.get(metric)
             row["adv_ratio"] = run.get("g_adv_grad_ratio", run.get("train_adv_grad_ratio"))
         rows.append(row)
-    for stage in dict.fromkeys(stage for stage, _ in ADVERSARIAL_ARMS):
+    for stage in dict.fromkeys(stage for stage, _ in arms):
         steps = {r["arm"]: r["steps"] for r in rows if r["stage"] == stage and r["steps"] is not None}
         if len(set(steps.values())) > 1:  # a time budget stopped the arms at different steps
             table.footnotes.append(f"{stage}: the arms trained unequal steps ("

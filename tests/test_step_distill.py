@@ -210,7 +210,7 @@ def test_adversarial_options_are_checked_and_the_chance_watch_warns_once():
 
 def test_fd_cifar_of_a_distilled_run(tmp_path, monkeypatch, capsys):
     """`python -m evals.fid RUN --features cifar10 --steps 4` scores a step-distilled student, as
-    scripts/device/adversarial.sh does with FD_CIFAR=1 (the committed feature net, the student's few steps)."""
+    scripts/device/adversarial.sh does with FD_CIFAR_FULL=1 (the committed feature net, the student's few steps)."""
     from evals import feature_net, fid
 
     if not feature_net.DEFAULT_WEIGHTS.is_file():

@@ -199,8 +199,8 @@ def test_adversarial_specs_plan_one_trial_per_arm_of_another_stage(tmp_path):
             (1.0, "next"), (0.0, "next"), (1.0, "clean")]
         assert student_config(distill[0]) == student_config(distill[1])  # both arms distil the same student
         decoder = sweep.plan(sweep.load_spec("adversarial_decoder"), scale)
-        assert [(stage_config(t).gan_weight, stage_config(t).gan_adaptive) for t in decoder] == [
-            (0.1, False), (0.5, True), (0.0, False)]
+        assert [(stage_config(t).gan_weight, stage_config(t).gan_adaptive, stage_config(t).spectral_norm)
+                for t in decoder] == [(0.1, False, False), (0.5, True, False), (0.0, False, False), (0.5, True, True)]
     assert student_config(sweep.plan(sweep.load_spec("adversarial_step_distill"), "small")[0]).autoencoder == "taesd3"
     with pytest.raises(ValueError, match="d_noise"):
         stage_config({**distill[0], "arm": {"d_noise": "loud"}})

@@ -4,8 +4,10 @@
 # (no time budgets: the 2026-12-01 run's budgets stopped the arms at unequal steps, 108 vs 222 and 1353 vs 2302).
 #  - step_distill: with vs without L_adv^G: one latent-space student (snapgen-imagenet, width 64, TAESD3 latents of
 #    CIFAR-10 at 64^2) and one small latent teacher shared by both arms; 4- and 8-step MSE to the teacher's 30-step
-#    samples, FD-CIFAR / KID / class accuracy of the 4- and 8-step students (`evals.fid --features cifar10`, into each
-#    trial's fd_cifar_<n>/; FD_CIFAR=0 skips it), D accuracy curves. About 7 min.
+#    samples, FD-CIFAR / KID / class accuracy of the 4- and 8-step students (inside the trial: 1000 samples at the
+#    few-step guidance, the spec's `fd_cifar` block), D accuracy curves. About 7 min. FD_CIFAR_FULL=1 adds
+#    `evals.fid --features cifar10` per student and step count (10,000 samples, best CFG; into fd_cifar_<n>/): about
+#    1.5 min each, so the part no longer fits one call with it (2026-12-01: it ran past 600 s; a second call finished).
 #  - decoder: the tiny decoder with a fixed-weight PatchGAN, with an adaptive-weight one (VQGAN's) and without, on
 #    256^2 patches: PSNR/SSIM on 500 held-out CIFAR-10 test images upsampled to 256^2 (and on $SNAPGEN_PHOTOS when
 #    .gpu/photos is carried), D accuracy curves. About 5 min.
@@ -13,7 +15,8 @@
 # give one part per call; each packs what it finished, and rerunning skips finished arms). ADV_CLEAN=1: the
 # step-distillation arm adv_clean too (D on clean samples, ~2 min).
 # Carry: .gpu/wheels .gpu/assets/taesd .gpu/lite/cifar10_40k_2k.npz .gpu/cache .gpu/git_sha [.gpu/photos].
-# SCALE=smoke: the CPU-sized proof.
+# DECODER_ARMS="gan_adaptive_sn no_gan": which decoder arms (default gan gan_adaptive no_gan, about 5 min; each GAN
+# arm ~2 min). SCALE=smoke: the CPU-sized proof.
 source scripts/device/setup.sh
 export SNAPGEN_CIFAR10_NPZ=$PWD/.gpu/lite/cifar10_40k_2k.npz
 mkdir -p /tmp/snapcache && cp -rn .gpu/cache/. /tmp/snapcache/ 2>/dev/null; export SNAPGEN_CACHE=/tmp/snapcache
@@ -27,7 +30,7 @@ for part in $parts; do
       arms="adv no_adv"; [ "${ADV_CLEAN:-0}" = 1 ] && arms="$arms adv_clean"
       python3 -m ablations.sweep adversarial_step_distill --scale "${SCALE:-small}" --no-tracking --no-progress \
         --out-root "$ROOT" --only $arms 2>&1 | grep -v "it/s\]\|Loading weights" | tail -20
-      if [ "${FD_CIFAR:-1}" = 1 ]; then
+      if [ "${FD_CIFAR_FULL:-0}" = 1 ]; then
         for run in "$ROOT"/adversarial_step_distill/*/; do
           [ -f "$run/eval.json" ] || continue
           for n in 4 8; do
@@ -38,7 +41,7 @@ for part in $parts; do
       fi ;;
     decoder)
       python3 -m ablations.sweep adversarial_decoder --scale "${SCALE:-small}" --no-tracking --no-progress \
-        --out-root "$ROOT" 2>&1 | grep -v "it/s\]\|Loading weights" | tail -20 ;;
+        --out-root "$ROOT" --only ${DECODER_ARMS:-gan gan_adaptive no_gan} 2>&1 | grep -v "it/s\]\|Loading weights" | tail -20 ;;
     *) echo "unknown part $part: step_distill | decoder" >&2; exit 2 ;;
   esac
 done
