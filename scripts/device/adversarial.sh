@@ -14,7 +14,8 @@
 # Usage: bash scripts/device/adversarial.sh [step_distill] [decoder]   (default both: more than one call's 10 min, so
 # give one part per call; each packs what it finished, and rerunning skips finished arms). ADV_CLEAN=1: the
 # step-distillation arm adv_clean too (D on clean samples, ~2 min).
-# Carry: .gpu/wheels .gpu/assets/taesd .gpu/lite/cifar10_40k_2k.npz .gpu/cache .gpu/git_sha [.gpu/photos].
+# Carry: .gpu/wheels .gpu/assets/taesd .gpu/lite/cifar10_40k_2k.npz .gpu/cache/text .gpu/git_sha [.gpu/photos] (66.1 of
+# the 67.1 MB a call may carry, checkout included; .gpu/cache/data is rebuilt from the npz on the box).
 # DECODER_ARMS="gan_adaptive_sn no_gan": which decoder arms (default gan gan_adaptive no_gan, about 5 min; each GAN
 # arm ~2 min). SCALE=smoke: the CPU-sized proof.
 source scripts/device/setup.sh
