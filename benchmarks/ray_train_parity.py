@@ -9,7 +9,7 @@ window). Target: Ray's img/s within 5% of the local trial's. No MLflow (the tria
 
 Protocol: `--repeats R` pairs; pair i runs local then Ray when i is even, Ray then local when odd (so neither side
 always runs on a GPU the other has just warmed); the local trial runs in a spawned process, as the Ray worker does,
-and this process never opens a CUDA context. The ratio is reported per pair, with the mean and the range. The first
+and this process puts nothing on the GPU. The ratio is reported per pair, with the mean and the range. The first
 H200 runs (one pair each, local first inside this process) gave 0.948 and 0.908.
 
     python -m benchmarks.ray_train_parity --out OUT [--steps 200 --batch 128 --arch snapgen-imagenet --repeats 1]
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from ablations import distributed
     from ablations.trial import trial_dir
 
-    gpus = torch.cuda.device_count()  # NVML: no CUDA context in this process
+    gpus = torch.cuda.device_count()  # counts devices; nothing of this process goes on the GPU
     ray.init(include_dashboard=False, num_gpus=gpus, log_to_driver=True,
              runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO_ROOT)),
                                        **distributed.RAY_TRAIN_ENV}})
