@@ -7,7 +7,7 @@
 #    samples, FD-CIFAR / KID / class accuracy of the 4- and 8-step students (inside the trial: 1000 samples at the
 #    few-step guidance, the spec's `fd_cifar` block), D accuracy curves. About 7 min. FD_CIFAR_FULL=1 adds
 #    `evals.fid --features cifar10` per student and step count (10,000 samples, best CFG; into fd_cifar_<n>/): about
-#    1.5 min each, so the part no longer fits one call with it (2026-12-01: it ran past 600 s; a second call finished).
+#    50 s each, so the part no longer fits one call with it (2026-12-01: it ran past 600 s; a second call finished).
 #  - decoder: the tiny decoder with a fixed-weight PatchGAN, with an adaptive-weight one (VQGAN's) and without, on
 #    256^2 patches: PSNR/SSIM on 500 held-out CIFAR-10 test images upsampled to 256^2 (and on $SNAPGEN_PHOTOS when
 #    .gpu/photos is carried), D accuracy curves. About 5 min.
