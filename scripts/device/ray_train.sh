@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Issue 17 on one GPU: a 1-worker Ray Train trial against the local executor's trial (the same config, STEPS=120 steps
-# of snapgen-imagenet on CIFAR-10 32x32, batch 128, eager; REPEATS=2 pairs in alternating order, each trial in a fresh
-# process, about 6.5 min): train_loss agreement and img/s within 5%
+# of snapgen-imagenet on CIFAR-10 32x32, batch 128, eager), with two arms that split a gap into its causes (a plain
+# Ray task; a thread of a local process): ARMS=local,ray,ray_task,local_thread, one round per call (~8 min), each
+# trial in a fresh process; a second call with FIRST_ROUND=1 runs them in reverse order, and `--merge` joins the two
+# calls: train_loss agreement and img/s within 5%
 # (benchmarks/ray_train_parity.py). The box has no Ray: its wheels (ray 2.60 + pyarrow, pandas, pydantic, ...;
 # ~147 MiB for Python 3.12) exceed one call's 64 MiB carry, so they travel as a split tar over consecutive calls
 # while the machine stays warm; each part is parked in /tmp/ray_parts and the last call joins, checks and installs.
 #
 #   here (CPU box, PyPI):  bash scripts/device/ray_train.sh build     # .gpu/ray/part-NN + SHA256SUMS, .gpu/lite, .gpu/cache
 #   device calls 1-3:      bash scripts/device/ray_train.sh receive .gpu/ray/part-0K        carry: .gpu/ray/part-0K
-#   device call 4:         bash scripts/device/ray_train.sh run
+#   device call 4:         bash scripts/device/ray_train.sh run          (call 5: FIRST_ROUND=1 bash ... run)
 #                          carry: .gpu/ray/SHA256SUMS .gpu/wheels .gpu/lite/cifar10_10k_1k.npz .gpu/cache .gpu/git_sha
 # Parts are 52 MiB: with the checkout (~8.5 MB, the feature net's weights included) each call stays under the 64 MiB
 # carry; the run call carries no part, since the last part plus the wheels, data and cache would not fit.
@@ -55,9 +57,9 @@ case $mode in
     fi
     export SNAPGEN_CIFAR10_NPZ=$PWD/.gpu/lite/cifar10_10k_1k.npz RAY_TRAIN_V2_ENABLED=1
     python3 -c "import ray, pyarrow, pandas; print('ray', ray.__version__, 'pyarrow', pyarrow.__version__)"
-    cmd="python3 -m benchmarks.ray_train_parity --out $OUT --steps ${STEPS:-120} --batch ${BATCH:-128} --repeats ${REPEATS:-2} ${PARITY_ARGS:-}"
+    cmd="python3 -m benchmarks.ray_train_parity --out $OUT --steps ${STEPS:-120} --batch ${BATCH:-128} --arms ${ARMS:-local,ray,ray_task,local_thread} --rounds ${ROUNDS:-1} --first-round ${FIRST_ROUND:-0} ${PARITY_ARGS:-}"
     echo "$cmd" | tee "$OUT/command.txt"
-    rc=0; timeout "${LIMIT:-540}" $cmd 2>&1 | grep -v PlacementGroupCleaner | tee "$OUT/ray_train.log" || rc=$?
+    rc=0; timeout "${LIMIT:-560}" $cmd 2>&1 | grep -v PlacementGroupCleaner | tee "$OUT/ray_train.log" || rc=$?
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee -a "$OUT/ray_train.log"
     rm -rf "$OUT"/local_* "$OUT"/ray_*  # the run directories (checkpoints of a 374M model): only the results come back
     exit $rc ;;
