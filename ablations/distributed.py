@@ -30,7 +30,11 @@ from ablations.trial import run_trial, trial_hash
 DEFAULT_MAX_FAILURES = 2   # worker-group restarts per trial attempt before the attempt fails (the sweep retries once)
 PAPER_WORKERS = 8          # --scale paper: 8 GPUs per trial (the paper's nodes have 8 A100s)
 DRIVER_CPUS = 0.01         # the Tune trainable only waits on its TorchTrainer; the workers hold the real resources
-RAY_TRAIN_ENV = {"RAY_TRAIN_V2_ENABLED": "1"}  # Train V2 (the default in Ray >= 2.5x; stated for older Rays)
+# The environment of every Ray worker a sweep starts (Tune trials and Train workers): Train V2 (the default in
+# Ray >= 2.5x; stated for older Rays), and niceness 0: Ray starts its workers at niceness 15 (a task's or actor's
+# os.nice(0) is 15 by default), so a trial's host thread, which feeds the GPU, would yield to every other process on
+# the node, Ray's own included. The trials are the job's main work.
+RAY_WORKER_ENV = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_worker_niceness": "0"}
 RESULT_FILE = "result.json"
 TRAIN_SPEED_FILE = Path(__file__).resolve().parents[1] / "reports" / "results" / "train_speed" / "train_speed.json"
 SPEED_SETTING = "snapgen-imagenet +compile"  # the measured img/s the plan's GPU-hours come from
@@ -210,4 +214,4 @@ def check_workers(workers: int | None, executor: str | None) -> None:
 
 __all__ = ["default_cpus_per_worker", "trial_resources", "measured_img_per_s", "gpu_hours", "resource_plan",
            "format_plan", "train_worker", "ray_train_trial", "train_driver", "default_workers", "check_workers",
-           "PAPER_WORKERS", "DEFAULT_MAX_FAILURES", "RAY_TRAIN_ENV"]
+           "PAPER_WORKERS", "DEFAULT_MAX_FAILURES", "RAY_WORKER_ENV"]

@@ -332,7 +332,7 @@ def run_ray(trials: list[dict[str, Any]], uri: str | None = None, storage: str |
         repo = str(Path(__file__).resolve().parents[1])
         ray.init(include_dashboard=False, num_gpus=None if os.environ.get("RAY_ADDRESS") else gpus,
                  log_to_driver=True,
-                 runtime_env={"env_vars": {"PYTHONPATH": repo, **distributed.RAY_TRAIN_ENV}})
+                 runtime_env={"env_vars": {"PYTHONPATH": repo, **distributed.RAY_WORKER_ENV}})
     uri = tracking.absolute_uri(uri)
     resources = {"cpu": 1, "gpu": 1} if gpus else {"cpu": 1}
     trainable, space, concurrent = _ray_trainable, {"trial": tune.grid_search(trials), "uri": uri}, max(1, gpus)

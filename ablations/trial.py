@@ -383,6 +383,7 @@ def _evaluate_and_profile(trial: dict[str, Any], cfg, out: Path, trained: dict[s
         device=latency["device"] if latency else ("cuda" if torch.cuda.is_available() else "cpu"),
         latency_backend=latency["backend"] if latency else "none",
         torch_threads=str(torch.get_num_threads()),  # a Ray worker's are its reserved CPUs (OMP_NUM_THREADS)
+        niceness=str(os.nice(0)),  # a Ray worker's is RAY_worker_niceness (ablations.distributed.RAY_WORKER_ENV)
         efficiency_arch=("params_m, gflops and latency_ms are of the full-size architecture resolve(arch) "
                          f"(hash {prof['arch_hash']}), not the trained proxy; params_m_trained is the trained net"
                          if which == "full" else "params_m, gflops and latency_ms are of the trained (shrunk) net"),

@@ -115,36 +115,45 @@ def _ray_task_trial(trial: dict) -> dict:
     from ablations.trial import run_trial
 
     run_trial(trial)
-    return {"torch_threads": torch.get_num_threads()}
+    return {"torch_threads": torch.get_num_threads(), "niceness": os.nice(0)}
 
 
-ARMS = ("local", "ray", "ray_task", "local_thread")
+ARMS = ("local", "ray", "ray_task", "ray_task_nice15", "local_thread")
 ARM_HELP = {"local": "run_trial in a spawned process (what --executor local runs)",
             "ray": "a TorchTrainer of 1 worker, Train V2 (what --workers-per-trial 1 runs)",
             "ray_task": "run_trial as a plain Ray task with the worker's resources: Ray's worker process, no Train",
+            "ray_task_nice15": "ray_task at Ray's default worker niceness of 15 (the sweep's workers run at 0)",
             "local_thread": "run_trial on a thread of a spawned process with the worker's thread count: no Ray"}
 
 
+def job_env() -> dict[str, str]:
+    """The Ray job's worker environment: the sweep's (ablations.distributed.RAY_WORKER_ENV) and this checkout."""
+    from ablations import distributed
+
+    return {"PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO_ROOT)), **distributed.RAY_WORKER_ENV}
+
+
 def run_arm(arm: str, trial: dict, gpus_per_worker: float, cpus_per_worker: float) -> dict:
-    """One trial of one arm; returns its wall time and the torch threads it ran with."""
+    """One trial of one arm; returns its wall time and the torch threads and niceness it ran with."""
     from ablations import distributed
 
     t0 = time.time()
-    if arm == "local":
-        run_local(trial)
-        return {"wall_s": time.time() - t0}
-    if arm == "local_thread":
-        run_local(trial, threads=int(cpus_per_worker), in_thread=True)
-        return {"wall_s": time.time() - t0, "torch_threads": int(cpus_per_worker)}
-    if arm == "ray_task":
+    if arm in ("local", "local_thread"):  # a spawned child: this process's niceness
+        threads = int(cpus_per_worker) if arm == "local_thread" else None
+        run_local(trial, threads=threads, in_thread=arm == "local_thread")
+        return {"wall_s": time.time() - t0, "niceness": os.nice(0), **({"torch_threads": threads} if threads else {})}
+    if arm.startswith("ray_task"):
         import ray
 
         task = ray.remote(num_gpus=gpus_per_worker, num_cpus=cpus_per_worker, max_retries=0)(_ray_task_trial)
+        if arm == "ray_task_nice15":
+            task = task.options(runtime_env={"env_vars": {**job_env(), "RAY_worker_niceness": "15"}})
         info = ray.get(task.remote(trial))
-        return {"wall_s": time.time() - t0, "torch_threads": info["torch_threads"]}
+        return {"wall_s": time.time() - t0, **info}
     result = distributed.ray_train_trial(trial, workers=1, gpus_per_worker=gpus_per_worker,
                                          cpus_per_worker=cpus_per_worker)
-    return {"wall_s": time.time() - t0, "torch_threads": result["tags"].get("torch_threads")}
+    return {"wall_s": time.time() - t0, "torch_threads": result["tags"].get("torch_threads"),
+            "niceness": result["tags"].get("niceness")}
 
 
 def summarize(rounds: list[dict], tolerance: float) -> dict:
@@ -167,7 +176,7 @@ def print_table(results: dict) -> None:
     meta = results["meta"]
     start, stop = meta["timed_steps"]
     print(f"| round | order | arm | img/s (steps {start}-{stop}) | / local | median 10-step window / local | "
-          f"train_loss max rel diff vs local | torch threads | wall (s) |\n|---|---|---|---|---|---|---|---|---|")
+          f"train_loss max rel diff vs local | torch threads | niceness | wall (s) |\n" + "|---" * 10 + "|")
     for r in results["rounds"]:
         local = r["arms"]["local"]
         for arm in r["order"]:
@@ -176,7 +185,8 @@ def print_table(results: dict) -> None:
             print(f"| {r['round']} | {' > '.join(r['order'])} | {arm} | {a['img_per_s']:.1f} | "
                   f"{a['img_per_s'] / local['img_per_s']:.3f} | "
                   f"{a['img_per_s_median_window'] / local['img_per_s_median_window']:.3f} | {diff:.2e} | "
-                  f"{a.get('torch_threads', meta['local_torch_threads'])} | {a['wall_s']:.0f} |")
+                  f"{a.get('torch_threads', meta['local_torch_threads'])} | {a.get('niceness', '')} | "
+                  f"{a['wall_s']:.0f} |")
     for arm, s in results["summary"].items():
         print(f"{arm} / local img/s: {s['img_per_s_ratio_mean']:.3f} mean of {s['rounds']} round(s) (range "
               f"{s['img_per_s_ratio_min']:.3f}-{s['img_per_s_ratio_max']:.3f}); train_loss within "
@@ -248,9 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from ablations.trial import trial_dir
 
     gpus = torch.cuda.device_count()  # counts devices; nothing of this process goes on the GPU
-    ray.init(include_dashboard=False, num_gpus=gpus, log_to_driver=True,
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO_ROOT)),
-                                       **distributed.RAY_TRAIN_ENV}})
+    ray.init(include_dashboard=False, num_gpus=gpus, log_to_driver=True, runtime_env={"env_vars": job_env()})
     gpus_per_worker = 1 if gpus else 0
     cluster = ray.cluster_resources()
     cpus_per_worker = args.cpus_per_worker or distributed.default_cpus_per_worker(
@@ -267,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         done: dict[str, dict] = {}
         for arm in order:
             trial = make_trial(args, out / f"{arm}_{i}")
-            done[arm] = {**run_arm(arm, trial, gpus_per_worker, cpus_per_worker),
-                         **throughput(trial_dir(trial), args.batch, args.start, stop), "curve": losses(trial_dir(trial))}
+            done[arm] = {**run_arm(arm, trial, gpus_per_worker, cpus_per_worker), "curve": losses(trial_dir(trial)),
+                         **throughput(trial_dir(trial), args.batch, args.start, stop)}
             partial = {**results, "rounds": results["rounds"] + [{"round": i, "order": order, "arms": done}]}
             (out / "ray_train.partial.json").write_text(json.dumps(partial, indent=1))  # kept if the call times out
         base = done["local"]["curve"]

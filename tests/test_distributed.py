@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ablations import sweep
+from ablations import distributed, sweep
 from ablations.trial import train_config, trial_dir, trial_hash
 from snapgen import runs
 
@@ -38,7 +38,7 @@ SPEC = {
     "scales": {"smoke": {"train": TRAIN, "fid": {"enabled": False},
                          "profile": {"architecture": "trained", "flops_latents": [8]}}},
 }
-WORKER_ENV = {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1",
+WORKER_ENV = {**distributed.RAY_WORKER_ENV, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
               "SNAPGEN_ASSETS": os.environ.get("SNAPGEN_ASSETS", ""), "HF_HUB_OFFLINE": "1"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,6 +113,8 @@ def test_two_ray_train_workers_match_one_process(killed_two_worker_trial):
     assert found[0].info.run_id == t["summary"]["run_id"]
     # Ray made the worker's torch thread count its reserved CPUs (one, the CPU-cluster default), whatever the host has
     assert found[0].data.tags["torch_threads"] == "1"
+    # and ran at niceness 0, not Ray's default of 15, which would put the trial behind every other process on the node
+    assert found[0].data.tags["niceness"] == "0"
 
 
 def test_killed_worker_restarts_resumes_and_logs_each_step_once(killed_two_worker_trial):
