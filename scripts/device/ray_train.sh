@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 17 on one GPU: a 1-worker Ray Train trial against the local executor's trial (the same config, STEPS=120 steps
 # of snapgen-imagenet on CIFAR-10 32x32, batch 128, eager), with two arms that split a gap into its causes (a plain
-# Ray task; a thread of a local process): ARMS=local,ray,ray_task,local_thread, one round per call (~8 min), each
+# Ray task at the sweep's niceness 0 and at Ray's default 15): ARMS=local,ray,ray_task,ray_task_nice15, one round per
+# call (~8 min), each
 # trial in a fresh process; a second call with FIRST_ROUND=1 runs them in reverse order, and `--merge` joins the two
 # calls: train_loss agreement and img/s within 5%
 # (benchmarks/ray_train_parity.py). The box has no Ray: its wheels (ray 2.60 + pyarrow, pandas, pydantic, ...;
@@ -57,7 +58,7 @@ case $mode in
     fi
     export SNAPGEN_CIFAR10_NPZ=$PWD/.gpu/lite/cifar10_10k_1k.npz RAY_TRAIN_V2_ENABLED=1
     python3 -c "import ray, pyarrow, pandas; print('ray', ray.__version__, 'pyarrow', pyarrow.__version__)"
-    cmd="python3 -m benchmarks.ray_train_parity --out $OUT --steps ${STEPS:-120} --batch ${BATCH:-128} --arms ${ARMS:-local,ray,ray_task,local_thread} --rounds ${ROUNDS:-1} --first-round ${FIRST_ROUND:-0} ${PARITY_ARGS:-}"
+    cmd="python3 -m benchmarks.ray_train_parity --out $OUT --steps ${STEPS:-120} --batch ${BATCH:-128} --arms ${ARMS:-local,ray,ray_task,ray_task_nice15} --rounds ${ROUNDS:-1} --first-round ${FIRST_ROUND:-0} ${PARITY_ARGS:-}"
     echo "$cmd" | tee "$OUT/command.txt"
     rc=0; timeout "${LIMIT:-560}" $cmd 2>&1 | grep -v PlacementGroupCleaner | tee "$OUT/ray_train.log" || rc=$?
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee -a "$OUT/ray_train.log"
