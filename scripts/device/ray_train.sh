@@ -62,7 +62,7 @@ case $mode in
     echo "$cmd" | tee "$OUT/command.txt"
     rc=0; timeout "${LIMIT:-560}" $cmd 2>&1 | grep -v PlacementGroupCleaner | tee "$OUT/ray_train.log" || rc=$?
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee -a "$OUT/ray_train.log"
-    rm -rf "$OUT"/local_* "$OUT"/ray_*  # the run directories (checkpoints of a 374M model): only the results come back
+    find "$OUT" -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +  # the run directories (checkpoints of a 374M model)
     exit $rc ;;
   *) echo "usage: bash scripts/device/ray_train.sh build | receive PART... | run [PART...]" >&2; exit 2 ;;
 esac
