@@ -44,8 +44,9 @@ def default_cpus_per_worker(gpus_per_worker: float, cluster_gpus: float, cluster
     """CPUs a worker reserves when --cpus-per-worker is not given: a GPU worker gets its GPUs' share of the cluster's
     cores (less a whole core, for the trials' drivers and Ray's own processes), a CPU worker one core. Ray sets a
     worker's OMP_NUM_THREADS (so torch's thread count) to the CPUs it reserves, and the data loading and host side of
-    the loop share them. On the H200 the 1-worker Ray trial ran at 0.948 of the local trial's img/s with 1 CPU and
-    0.908 with 15 (reports/results/ray_train/): the thread count is not what slows it there."""
+    the loop share them. On the H200 (reports/results/ray_train/) the 1-worker Ray trial ran at 0.948 of the local
+    trial's img/s with 1 CPU and 0.908 with 15 (one pair each, local first), then at 0.988 with 15 (3 rounds of
+    alternating order, range 0.939-1.059): the thread count is not what decides it there."""
     if not (gpus_per_worker and cluster_gpus):
         return 1.0
     return float(max(1, int(cluster_cpus / cluster_gpus * gpus_per_worker) - 1))

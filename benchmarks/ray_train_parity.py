@@ -16,7 +16,8 @@ Protocol: `--rounds R` rounds of every arm; round i runs the arms in the given o
 when odd (so no arm always runs on a GPU another has just warmed); every trial runs in a fresh process and this
 process puts nothing on the GPU. Ratios are reported per round, with the mean and the range. One device call holds
 about one round of four arms: `--first-round 1` starts the second call reversed, and `--merge A.json B.json` joins
-the calls' results. The first H200 runs (one pair each, local first inside this process) gave 0.948 and 0.908.
+the calls' results. The first H200 runs (one pair each, local first inside this process) gave 0.948 and 0.908;
+three rounds of this protocol gave 0.966, 1.059 and 0.939 (reports/results/ray_train/run3_protocol/).
 
     python -m benchmarks.ray_train_parity --out OUT [--steps 200 --batch 128 --arms local,ray --rounds 1]
     python -m benchmarks.ray_train_parity --out OUT --merge call1/ray_train.json call2/ray_train.json
@@ -196,15 +197,14 @@ def print_table(results: dict) -> None:
 
 
 def merge(paths: list[str], out: Path) -> int:
-    """Several calls' ray_train.json (one device call holds a round or two) as one: rounds renumbered, summary
-    recomputed; the first file's meta, with each file's commit and command kept."""
+    """Several calls' ray_train.json (one device call holds a round or two) as one: each round keeps its index (the
+    calls' --first-round) and names its file; the summary is recomputed; the first file's meta."""
     parts = [json.loads(Path(f).read_text()) for f in paths]
     keys = ("arch", "steps", "batch", "compile", "timed_steps", "device")
     for f, d in zip(paths[1:], parts[1:]):
         if any(d["meta"][k] != parts[0]["meta"][k] for k in keys):
             raise SystemExit(f"ray_train_parity --merge: {f} ran another setting than {paths[0]} ({keys})")
-    rounds = [{**r, "round": i, "source": f} for i, (f, r) in
-              enumerate((f, r) for f, d in zip(paths, parts) for r in d["rounds"])]
+    rounds = [{**r, "source": f} for f, d in zip(paths, parts) for r in d["rounds"]]  # each keeps its index
     results = {"meta": {**parts[0]["meta"], "merged_from": paths}, "rounds": rounds,
                "summary": summarize(rounds, parts[0]["meta"]["tolerance"])}
     out.mkdir(parents=True, exist_ok=True)
@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ablations import distributed
     from ablations.trial import trial_dir
+    from snapgen.tracking import git_sha
 
     gpus = torch.cuda.device_count()  # counts devices; nothing of this process goes on the GPU
     ray.init(include_dashboard=False, num_gpus=gpus, log_to_driver=True, runtime_env={"env_vars": job_env()})
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                         "compile": args.compile, "timed_steps": [args.start, stop], "tolerance": args.tolerance,
                         "arms": arms, "local_torch_threads": torch.get_num_threads(),
                         "ray_cpus_per_worker": cpus_per_worker,
-                        "device": torch.cuda.get_device_name(0) if gpus else "cpu"}, "rounds": []}
+                        "device": torch.cuda.get_device_name(0) if gpus else "cpu", "git_sha": git_sha()},
+               "rounds": []}
     # the worker's torch threads are its reserved CPUs (Ray sets OMP_NUM_THREADS); the local trial's are torch's
     # default in a process like this one (OMP_NUM_THREADS as this process has it)
     for i in range(args.first_round, args.first_round + rounds):

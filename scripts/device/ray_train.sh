@@ -2,9 +2,8 @@
 # Issue 17 on one GPU: a 1-worker Ray Train trial against the local executor's trial (the same config, STEPS=120 steps
 # of snapgen-imagenet on CIFAR-10 32x32, batch 128, eager), with two arms that split a gap into its causes (a plain
 # Ray task at the sweep's niceness 0 and at Ray's default 15): ARMS=local,ray,ray_task,ray_task_nice15, one round per
-# call (~8 min), each
-# trial in a fresh process; a second call with FIRST_ROUND=1 runs them in reverse order, and `--merge` joins the two
-# calls: train_loss agreement and img/s within 5%
+# call (~8.5 min; ARMS=local,ray ~5 min), each trial in a fresh process; a second call with FIRST_ROUND=1 runs them in
+# reverse order, and `--merge` joins the calls: train_loss agreement and img/s within 5%
 # (benchmarks/ray_train_parity.py). The box has no Ray: its wheels (ray 2.60 + pyarrow, pandas, pydantic, ...;
 # ~147 MiB for Python 3.12) exceed one call's 64 MiB carry, so they travel as a split tar over consecutive calls
 # while the machine stays warm; each part is parked in /tmp/ray_parts and the last call joins, checks and installs.
