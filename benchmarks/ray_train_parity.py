@@ -8,9 +8,10 @@ records of steps `--from` and `--to`, so start-up, compilation, the end-of-run v
 outside; also the median 10-step window). Target: Ray's img/s within 5% of the local trial's. No MLflow (the trials
 are untracked).
 
-Two more arms split a gap into its causes (`--arms local,ray,ray_task,local_thread`): `ray_task` runs `run_trial`
-as a plain Ray task with the worker's resources (Ray's worker process and environment, no Train), `local_thread`
-runs it on a thread of a spawned process with the worker's thread count (Train V2's thread, no Ray).
+More arms split a gap into its causes (`--arms local,ray,ray_task,ray_task_nice15,local_thread`): `ray_task` runs
+`run_trial` as a plain Ray task with the worker's resources (Ray's worker process and environment, no Train),
+`ray_task_nice15` the same at Ray's default worker niceness (the sweep sets 0), `local_thread` runs it on a thread of
+a spawned process with the worker's thread count (Train V2's thread, no Ray).
 
 Protocol: `--rounds R` rounds of every arm; round i runs the arms in the given order when i is even and reversed
 when odd (so no arm always runs on a GPU another has just warmed); every trial runs in a fresh process and this
@@ -231,7 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="rounds of every arm; odd rounds run the arms in reverse")
     p.add_argument("--first-round", type=int, default=0, help="the first round's index (1: start reversed, for a "
                                                               "second device call)")
-    p.add_argument("--repeats", type=int, default=None, help="the old name of --rounds")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="the Ray worker's CPUs (= its torch threads; default: the sweep's default)")
     p.add_argument("--tiny", action="store_true", help="width 32, 16x16, 64 images: a CPU check of the script")
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     if args.merge:
         return merge(args.merge, out)
-    rounds = args.repeats if args.repeats is not None else args.rounds
+    rounds = args.rounds
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if rounds < 1:
         p.error(f"--rounds {rounds}: must be >= 1")
